@@ -69,28 +69,53 @@ def _stack_grads(grads: list[Tensor]) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Hermite: F(x) = sum_k a_k He_k(x)/k!, with P_k = He_k/k!, P_{k+1} = (x P_k - P_{k-1})/(k+1), P_k' = P_{k-1}
+# Hermite: F(x) = sum_k a_k He_k(x)/k!. The recurrence He_{k+1} = x He_k - k He_{k-1} needs no division
+# (the 1/k! goes into the tiny coefficient tensor), and He_k' = k He_{k-1}, so dF/dx = sum a_k He_{k-1}/(k-1)!.
 # --------------------------------------------------------------------------------------------------
-def _next_hermite(x: Tensor, p: Tensor, p_prev: Tensor, k: int, n: int) -> Tensor:
-    """P_{k+1} from P_k and P_{k-1}. Above degree 8 a float32 P_k can overflow for |x| ~ 1e3 and
-    inf - inf would give NaN, so it saturates at +-1e30 there instead."""
-    p_next = (x * p - p_prev) / (k + 1)
-    if n > 8:
-        limit = 1e30 if x.dtype != torch.float64 else 1e300
-        p_next.clamp_(-limit, limit)
-    return p_next
+def _hermite_basis(x: Tensor, n: int):
+    """Yield He_2(x) .. He_n(x) by He_{k+1} = x He_k - k He_{k-1}, two passes each, two held at a time.
+
+    Above degree 8 a float32 He_k can overflow for |x| ~ 1e3 and inf - inf would give NaN, so there
+    it saturates at +-1e30 instead.
+    """
+    limit = (1e30 if x.dtype != torch.float64 else 1e300) if n > 8 else None
+    he_prev, he = None, x  # He_0 = 1 stays implicit
+    for k in range(1, n):
+        he_next = x * he
+        if he_prev is None:
+            he_next.sub_(1.0)
+        else:
+            he_next.sub_(he_prev, alpha=k)
+        if limit is not None:
+            he_next.clamp_(-limit, limit)
+        yield he_next
+        he_prev, he = he, he_next
+
+
+def _inverse_factorials(n: int) -> list[float]:
+    """[1/0!, 1/1!, ..., 1/n!]"""
+    return [1.0 / math.factorial(k) for k in range(n + 1)]
+
+
+def _as_tensor(values: list[float], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+
+def _dot(g: Tensor, h: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
+    """sum(g * h) overall or per channel; one fused pass in the shared case."""
+    if not per_channel:
+        return torch.dot(g.reshape(-1), h.reshape(-1)) if h.shape == g.shape else (g * h).sum()
+    return _reduce(g * h, per_channel, channel_dim)
 
 
 def hermite_forward(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
-    """Evaluate sum_k a_k P_k(x) by the three-term recurrence (x in its compute dtype)."""
-    a = _Columns(coefficients, x, channel_dim)
+    """Evaluate sum_k a_k He_k(x)/k! by the three-term recurrence (x in its compute dtype)."""
     n = coefficients.shape[-1] - 1  # >= 1
-    y = a[1] * x + a[0]
-    p_prev, p = torch.ones_like(x), x
-    for k in range(1, n):
-        p_next = _next_hermite(x, p, p_prev, k, n)
-        y = y + a[k + 1] * p_next
-        p_prev, p = p, p_next
+    a = _Columns(coefficients * _as_tensor(_inverse_factorials(n), coefficients), x, channel_dim)
+    y = x * a[1]
+    y.add_(a[0])
+    for k, he in enumerate(_hermite_basis(x, n), start=2):
+        y.addcmul_(he, a[k])
     return y
 
 
@@ -106,31 +131,27 @@ class _HermiteFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, coefficients = ctx.saved_tensors
         dtype = _compute_dtype(x)
-        xf, a_all, g = x.to(dtype), coefficients.to(dtype), grad_out.to(dtype)
-        a = _Columns(a_all, xf, ctx.channel_dim)
-        per_channel = coefficients.dim() == 2
+        xf, g = x.to(dtype), grad_out.to(dtype)
+        cd, per_channel = ctx.channel_dim, coefficients.dim() == 2
         n = coefficients.shape[-1] - 1
-        # dF/dx = sum_{k>=1} a_k P_{k-1};  dF/da_k = P_k.
-        grads = [_reduce(g, per_channel, ctx.channel_dim)]
-        dydx = torch.zeros_like(xf) + a[1]
-        p_prev, p = torch.ones_like(xf), xf
-        for k in range(1, n + 1):
-            grads.append(_reduce(g * p, per_channel, ctx.channel_dim))
+        inv_fact = _as_tensor(_inverse_factorials(n), xf)
+        # dF/da_k = He_k/k!;  dF/dx = sum_{k>=1} a_k He_{k-1}/(k-1)!.
+        slope = _Columns(coefficients.to(dtype)[..., 1:] * inv_fact[:-1], xf, cd)
+        raw = [_reduce(g, per_channel, cd), _dot(g, xf, per_channel, cd)]  # sum g He_k, k = 0, 1
+        dydx = xf * slope[1] if n >= 2 else torch.zeros_like(xf)
+        dydx.add_(slope[0])
+        for k, he in enumerate(_hermite_basis(xf, n), start=2):
+            raw.append(_dot(g, he, per_channel, cd))
             if k < n:
-                dydx = dydx + a[k + 1] * p
-                p_prev, p = p, _next_hermite(xf, p, p_prev, k, n)
+                dydx.addcmul_(he, slope[k])
         grad_x = (g * dydx).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_a = _stack_grads(grads).to(coefficients.dtype) if ctx.needs_input_grad[1] else None
+        grad_a = (_stack_grads(raw) * inv_fact).to(coefficients.dtype) if ctx.needs_input_grad[1] else None
         return grad_x, grad_a, None
 
 
 # --------------------------------------------------------------------------------------------------
 # Fourier: F(x) = a_0 + sum_k c_k cos(w_k x - phi_k) / k!
 # --------------------------------------------------------------------------------------------------
-def _inv_factorials(n: int) -> list[float]:
-    return [1.0 / math.factorial(k) for k in range(1, n + 1)]
-
-
 class _FourierFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
@@ -142,7 +163,7 @@ class _FourierFunction(torch.autograd.Function):
         phi = _Columns(phases.to(dtype), xf, channel_dim)
         w = _Columns(frequencies.to(dtype), xf, channel_dim)
         y = torch.zeros_like(xf) + _Columns(bias.to(dtype), xf, channel_dim)[0]
-        for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
+        for k, inv_fact in enumerate(_inverse_factorials(amplitudes.shape[-1])[1:]):
             y = y + (c[k] * inv_fact) * torch.cos(w[k] * xf - phi[k])
         return y.to(x.dtype)
 
@@ -158,7 +179,7 @@ class _FourierFunction(torch.autograd.Function):
         dydx = torch.zeros_like(xf)
         grad_c, grad_phi, grad_w = [], [], []
         gx = g * xf
-        for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
+        for k, inv_fact in enumerate(_inverse_factorials(amplitudes.shape[-1])[1:]):
             z = w[k] * xf - phi[k]
             cos_z, sin_z = torch.cos(z), torch.sin(z)
             ck = c[k] * inv_fact
