@@ -1,0 +1,164 @@
+"""ActivationVarianceMonitor: per-layer output variance, mean and gain, exact across data-parallel ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from typing_extensions import override
+
+import lightning.pytorch as pl
+
+from callbacks.monitor import Series, VarianceMonitor, batches_that_stepped
+from callbacks.probes import ActivationProbe
+from callbacks.selection import ModuleType, WatchedModule, select_modules, usable_layers
+from callbacks.statistics import LayerMoments, data_parallel_group
+
+
+class ActivationVarianceMonitor(VarianceMonitor):
+    r"""Logs, per watched layer and logging step, the population variance of its output over every element
+    of the step's global batch (all accumulated micro-batches, all data-parallel ranks), its mean and its
+    gain var(out)/var(in), to watch activations explode or vanish through depth.
+
+    Statistics are exact under DDP/FSDP: every rank sums (count, sum, sum of squares) in float64 and one
+    ``all_reduce`` adds them up before the variance is taken. Hooks exist only during the forward pass of
+    a logging step; works with bf16-mixed, activation checkpointing, and ``torch.compile`` (lit_ortho
+    activations only: they keep their own sums there).
+
+    Logged: ``activation_variance/<layer>``, ``activation_mean/<layer>``, ``activation_gain/<layer>``
+    (and ``activation_nonfinite/<layer>``), a TensorBoard custom-scalars chart per layer kind, and every
+    ``image_every_n_steps`` an ``activation_variance/by_depth`` picture.
+
+    Args:
+        every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
+        modules: extra modules to watch, by glob on their name (``"blocks.*.mlp.c_fc"``); wrapper parts
+            (``_fsdp_wrapped_module.`` ...) are not part of names.
+        module_types: extra module classes to watch: classes, ``torch.nn`` names (``"Linear"``), import paths
+            or names of classes in the model.
+        include_activations: watch every activation module (``nn.GELU``, ``nn.ReLU``, ... and lit_ortho's).
+        log_mean, log_gain: also log the output mean / the gain var(out)/var(in).
+        log_nonfinite: also log the fraction of non-finite output values (one more pass over each output).
+        low, high, check_finite, stop_on_alert: bounds on the output variance, see :class:`VarianceMonitor`.
+        image_every_n_steps, history_size: the depth picture, see :class:`VarianceMonitor`.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ActivationVarianceMonitor(every_n_steps=50, high=1e4)])
+    """
+
+    def __init__(
+        self,
+        every_n_steps: Optional[int] = None,
+        modules: Sequence[str] = (),
+        module_types: Sequence[ModuleType] = (),
+        include_activations: bool = True,
+        log_mean: bool = True,
+        log_gain: bool = True,
+        log_nonfinite: bool = False,
+        low: Optional[float] = None,
+        high: Optional[float] = None,
+        check_finite: bool = True,
+        stop_on_alert: bool = False,
+        image_every_n_steps: Optional[int] = None,
+        history_size: int = 256,
+    ):
+        super().__init__(every_n_steps, image_every_n_steps, history_size, low, high, check_finite, stop_on_alert)
+        self.modules, self.module_types = list(modules), list(module_types)
+        self.include_activations = include_activations
+        self.log_mean, self.log_gain, self.log_nonfinite = log_mean, log_gain, log_nonfinite
+        self._layers: list[WatchedModule] = []
+        self._probe: Optional[ActivationProbe] = None
+        self._group = None
+        self._collecting: Optional[int] = None  # the logging step whose micro-batches are being summed
+
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"modules": self.modules, "module_types": [str(t) for t in self.module_types]}
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        layers = select_modules(pl_module, self.include_activations, self.module_types, self.modules)
+        if not layers:
+            raise ValueError(
+                "ActivationVarianceMonitor found no module to watch: the model has no activation module "
+                "(nn.GELU, nn.ReLU, ..., lit_ortho activations); choose some with `modules` (name globs) or "
+                "`module_types`."
+            )
+        self._layers = usable_layers(layers, type(self).__name__, compiled_ok=True)
+        moments = LayerMoments(len(self._layers), ActivationProbe.SLOTS, pl_module.device)
+        self._probe = ActivationProbe(self._layers, moments, count_nonfinite=self.log_nonfinite)
+        self._group = data_parallel_group(trainer.strategy)
+        self._collecting = None
+
+    @override
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        if self._probe is None or not self.is_logging_step(trainer):
+            return
+        step = batches_that_stepped(trainer)
+        if self._collecting != step:  # first micro-batch of this optimizer step
+            self._probe.moments.reset()
+            self._probe.calls.reset()
+            self._collecting = step
+        self._probe.attach()
+
+    @override
+    def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
+        if self._probe is not None:
+            self._probe.detach()
+
+    @override
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if self._probe is None:
+            return
+        self._probe.detach()  # in case no backward ran (training_step returned None)
+        if self._collecting is None or trainer.fit_loop._should_accumulate():
+            return
+        step, self._collecting = self._collecting, None
+        self._probe.moments.all_reduce(self._group)  # every rank, same order: one collective
+        readout = self._probe.moments.cpu()
+        self.publish(trainer, step, self._series(readout), self._kinds(), self._forward_order())
+
+    def _series(self, readout) -> list[Series]:
+        names = [layer.name for layer in self._layers]
+        seen = (readout.count("out") > 0).tolist()
+        var_out = readout.variance("out")
+
+        def per_layer(values: torch.Tensor) -> dict[str, float]:
+            return {name: v for name, v, ok in zip(names, values.tolist(), seen) if ok}
+
+        series = [Series("activation_variance", per_layer(var_out), alert=True, image=True)]
+        if self.log_mean:
+            series.append(Series("activation_mean", per_layer(readout.mean("out"))))
+        if self.log_gain:
+            series.append(Series("activation_gain", per_layer(readout.gain("out", "in"))))
+        if self.log_nonfinite:
+            series.append(Series("activation_nonfinite", per_layer(readout.nonfinite_fraction("out"))))
+        return series
+
+    def _kinds(self) -> dict[str, str]:
+        return {layer.name: layer.kind for layer in self._layers}
+
+    def _forward_order(self) -> list[str]:
+        assert self._probe is not None
+        return self._probe.calls.names([layer.name for layer in self._layers])
+
+    def _release(self) -> None:
+        if self._probe is not None:
+            self._probe.detach()
+        self._collecting = None
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._release()
+        self._probe, self._layers = None, []

@@ -1,0 +1,239 @@
+"""GradientVarianceMonitor: per-parameter gradient variance (exact on DDP replicas and FSDP shards) and,
+optionally, the variance of the gradient flowing through each activation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from torch.optim import Optimizer
+from typing_extensions import override
+
+import lightning.pytorch as pl
+
+from callbacks.monitor import Series, VarianceMonitor, batches_that_stepped
+from callbacks.probes import GradientProbe, ModuleOrderProbe
+from callbacks.selection import (
+    ModuleType,
+    WatchedModule,
+    module_class,
+    named_modules,
+    select_modules,
+    select_parameters,
+    usable_layers,
+)
+from callbacks.statistics import (
+    LayerMoments,
+    data_parallel_group,
+    fsdp1_shard_group,
+    gradient_groups,
+    group_size,
+    local_tensor,
+)
+
+
+class GradientVarianceMonitor(VarianceMonitor):
+    r"""Logs, per trainable parameter and logging step, the variance of its gradient over all its elements;
+    optionally also the variance of the gradient flowing through each watched activation (input side) and
+    the backward gain var(dL/dx)/var(dL/dy) of that activation.
+
+    Parameter gradients are read in ``on_before_optimizer_step``: after backward and gradient
+    accumulation, after AMP unscaling, before clipping and the optimizer step. Under FSDP each rank holds
+    a shard (an FSDP2 DTensor or an FSDP1 flat slice, possibly empty with ``grad=None``): every rank adds
+    its shard's (count, sum, sum of squares) and one ``all_reduce`` over the shard group sums them. DDP
+    replicas are identical and need no collective.
+
+    Logged: ``gradient_variance/<parameter>`` (and ``activation_grad_variance/<layer>``,
+    ``activation_grad_gain/<layer>``), custom-scalars charts per kind, and ``*/by_depth`` pictures.
+
+    Args:
+        every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
+        parameters: globs choosing the parameters (``"blocks.*.weight"``); all trainable ones by default.
+        activation_gradients: also watch the gradient through activations (tensor hooks on logged steps;
+            not available inside ``torch.compile``'d regions).
+        modules, module_types, include_activations: which layers ``activation_gradients`` watches, as in
+            :class:`ActivationVarianceMonitor`.
+        low, high, check_finite, stop_on_alert: bounds on each gradient variance, see :class:`VarianceMonitor`.
+        image_every_n_steps, history_size: the depth picture, see :class:`VarianceMonitor`.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: Optional[int] = None,
+        parameters: Sequence[str] = (),
+        activation_gradients: bool = False,
+        modules: Sequence[str] = (),
+        module_types: Sequence[ModuleType] = (),
+        include_activations: bool = True,
+        low: Optional[float] = None,
+        high: Optional[float] = None,
+        check_finite: bool = True,
+        stop_on_alert: bool = False,
+        image_every_n_steps: Optional[int] = None,
+        history_size: int = 256,
+    ):
+        super().__init__(every_n_steps, image_every_n_steps, history_size, low, high, check_finite, stop_on_alert)
+        self.parameters = list(parameters)
+        self.activation_gradients = activation_gradients
+        self.modules, self.module_types = list(modules), list(module_types)
+        self.include_activations = include_activations
+        self._params: list[tuple[str, torch.nn.Parameter]] = []
+        self._param_owner: list[int] = []
+        self._owner_order = ModuleOrderProbe([])
+        self._param_order: Optional[list[str]] = None
+        self._param_kinds: dict[str, str] = {}
+        self._fsdp1_group = None
+        self._pending: dict[str, float] = {}  # parameter variances read this step, published at batch end
+        self._pending_step: Optional[int] = None
+        self._layers: list[WatchedModule] = []
+        self._probe: Optional[GradientProbe] = None
+        self._group = None
+        self._collecting: Optional[int] = None
+
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"parameters": self.parameters, "activation_gradients": self.activation_gradients}
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._params = select_parameters(pl_module, self.parameters)
+        modules = dict(named_modules(pl_module))
+        owners: dict[str, torch.nn.Module] = {}  # module name -> module holding some watched parameter
+        self._param_kinds, self._param_owner = {}, []
+        for name, _ in self._params:
+            owner, _, leaf = name.rpartition(".")
+            module = modules.get(owner, pl_module)
+            self._param_kinds[name] = f"{module_class(module).__name__}.{leaf}"
+            self._param_owner.append(list(owners).index(owner) if owner in owners else len(owners))
+            owners.setdefault(owner, module)
+        # Parameters are shown in the order their modules run, found on the first logged step's forward.
+        self._owner_order = ModuleOrderProbe(list(owners.values()))
+        self._param_order: Optional[list[str]] = None
+        self._fsdp1_group = fsdp1_shard_group(trainer.strategy.model or pl_module)
+        self._probe, self._collecting = None, None
+        if self.activation_gradients:
+            layers = select_modules(pl_module, self.include_activations, self.module_types, self.modules)
+            self._layers = usable_layers(layers, type(self).__name__, compiled_ok=False)
+            moments = LayerMoments(len(self._layers), GradientProbe.SLOTS, pl_module.device)
+            self._probe = GradientProbe(self._layers, moments)
+            self._group = data_parallel_group(trainer.strategy)
+
+    # ---- parameter gradients -------------------------------------------------------------------------------
+    @override
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                                 optimizer: Optimizer) -> None:  # fmt: skip
+        if not self.is_logging_step(trainer):
+            return
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [(name, p) for name, p in self._params if id(p) in in_optimizer]
+        # One bucket per set of shard groups (normally one): every rank builds the same buckets in the same order.
+        buckets: list[tuple[tuple, list[tuple[str, torch.nn.Parameter]]]] = []
+        for name, p in params:
+            groups = gradient_groups(p, self._fsdp1_group)
+            for key, members in buckets:
+                if key == groups:
+                    members.append((name, p))
+                    break
+            else:
+                buckets.append((groups, [(name, p)]))
+        device = pl_module.device
+        for groups, members in buckets:
+            moments = LayerMoments(len(members), ("grad",), device)
+            # An empty FSDP1 shard has grad None: it adds nothing and still joins the collective.
+            moments.add_each("grad", [None if p.grad is None else local_tensor(p.grad) for _, p in members])
+            for group in groups:
+                moments.all_reduce(group)
+            readout = moments.cpu()
+            seen = (readout.count("grad") > 1).tolist()  # a 1-element tensor has no spread to report
+            for (name, _), value, ok in zip(members, readout.variance("grad").tolist(), seen):
+                if ok:
+                    self._pending[name] = value
+        self._pending_step = batches_that_stepped(trainer)
+
+    # ---- gradients through activations ---------------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        if not self.is_logging_step(trainer):
+            return
+        if self._param_order is None:
+            self._owner_order.attach()
+        if self._probe is None:
+            return
+        step = batches_that_stepped(trainer)
+        if self._collecting != step:
+            self._probe.moments.reset()
+            self._probe.calls.reset()
+            self._collecting = step
+        self._probe.attach()
+
+    @override
+    def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
+        if self._probe is not None:
+            self._probe.detach()  # the taps planted in this forward stay and fire during backward
+        if self._param_order is None and self._owner_order.attached:
+            self._owner_order.detach()  # modules that never ran (or ran compiled, unseen) keep registration order
+            position = {owner: rank for rank, owner in enumerate(self._owner_order.calls.order)}
+            depth = [position.get(owner, len(position)) for owner in self._param_owner]
+            by_depth = sorted(range(len(self._params)), key=lambda i: (depth[i], i))
+            self._param_order = [self._params[i][0] for i in by_depth]
+
+    @override
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if self._probe is not None:
+            self._probe.detach()
+        if trainer.fit_loop._should_accumulate():
+            return
+        series, step = [], self._pending_step
+        if self._pending:
+            series.append(Series("gradient_variance", self._pending, alert=True, image=True, unit="parameter"))
+        if self._probe is not None and self._collecting is not None:
+            series += self._activation_gradient_series()
+            step = self._collecting
+        self._pending, self._pending_step, self._collecting = {}, None, None
+        if series and step is not None:
+            layer_names = [layer.name for layer in self._layers]
+            kinds = {**self._param_kinds, **{layer.name: layer.kind for layer in self._layers}}
+            order = self._param_order or [name for name, _ in self._params]
+            if self._probe is not None:
+                order = order + self._probe.calls.names(layer_names)
+            self.publish(trainer, step, series, kinds, order)
+
+    def _activation_gradient_series(self) -> list[Series]:
+        assert self._probe is not None
+        self._probe.moments.all_reduce(self._group)  # every rank, same order: one collective
+        readout = self._probe.moments.cpu()
+        # Each rank differentiates its own loss and data parallelism averages them: the gradient of the loss
+        # actually optimized is 1/ranks of the local one (what 1 process sees on the global batch).
+        ranks = group_size(self._group)
+        var_in = readout.variance("grad_in") / ranks**2
+        seen = (readout.count("grad_in") > 0).tolist()
+
+        def per_layer(values: torch.Tensor) -> dict[str, float]:
+            return {layer.name: v for layer, v, ok in zip(self._layers, values.tolist(), seen) if ok}
+
+        return [
+            Series("activation_grad_variance", per_layer(var_in), alert=True, image=True),
+            Series("activation_grad_gain", per_layer(readout.gain("grad_in", "grad_out"))),
+        ]
+
+    def _release(self) -> None:
+        self._owner_order.detach()
+        if self._probe is not None:
+            self._probe.detach()
+        self._collecting = None
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._release()
+        self._probe, self._layers, self._params = None, [], []

@@ -1,0 +1,204 @@
+"""Which modules and parameters a monitor watches, and the stable names it logs them under."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lit_ortho.activations import LearnableActivation
+
+# Element-wise activation modules watched by default (nn.Softmax & co. are normalisations, not activations).
+DEFAULT_ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Hardshrink, nn.Softshrink, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.GLU, nn.Threshold,
+    LearnableActivation,
+)  # fmt: skip
+
+# Activation classes of model libraries (timm's GELU is not an nn.GELU); used only when already imported.
+LIBRARY_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me", "transformers.activations")
+
+
+def default_activation_types() -> tuple[type[nn.Module], ...]:
+    """torch's and lit_ortho's activation classes, plus those of timm/transformers if the model uses them."""
+    types = list(DEFAULT_ACTIVATION_TYPES)
+    for module_name in LIBRARY_ACTIVATION_MODULES:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            types += [
+                c for c in vars(module).values()
+                if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module_name
+            ]  # fmt: skip
+    return tuple(types)
+
+
+# Name components added by wrappers; stripped so tags stay the same with and without FSDP/checkpointing/compile.
+WRAPPER_NAME_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+ModuleType = Union[str, type]
+
+
+def clean_name(name: str) -> str:
+    """``blocks.0._fsdp_wrapped_module._checkpoint_wrapped_module.act`` -> ``blocks.0.act``."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS)
+
+
+def _wrapper_types() -> tuple[type, ...]:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    types: list[type] = [OptimizedModule]
+    if torch.distributed.is_available():
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        types += [FullyShardedDataParallel, CheckpointWrapper]
+    return tuple(types)
+
+
+def module_class(module: nn.Module) -> type:
+    """The user's class of ``module``: FSDP2's ``fully_shard`` swaps in a dynamic ``FSDP<Class>`` subclass."""
+    cls = type(module)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(module, FSDPModule):
+            return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
+    return cls
+
+
+@dataclass
+class WatchedModule:
+    name: str  # cleaned name, the tag suffix
+    module: nn.Module
+    kind: str  # class name, groups layers of one kind in one chart
+    compiled: bool  # inside a torch.compile'd region: module hooks would be ignored there
+
+
+def named_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(cleaned name, module) for every real module: wrappers (FSDP1, checkpoint, compile) are skipped."""
+    wrappers = _wrapper_types()
+    out = []
+    for name, module in root.named_modules():
+        if name and not isinstance(module, wrappers):
+            out.append((clean_name(name), module))
+    return out
+
+
+def compiled_modules(root: nn.Module) -> set[int]:
+    """ids of the modules that run inside a ``torch.compile``'d region (hooks added later are ignored there)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if getattr(root, "_compiler_ctx", None) is not None or getattr(root, "_compiled_call_impl", None) is not None:
+        return {id(m) for m in root.modules()}
+    ids: set[int] = set()
+    for module in root.modules():
+        if isinstance(module, OptimizedModule) or getattr(module, "_compiled_call_impl", None) is not None:
+            ids.update(id(m) for m in module.modules())
+    return ids
+
+
+def resolve_module_types(specs: Iterable[ModuleType], root: nn.Module) -> tuple[type, ...]:
+    """Turn ``"GELU"``, ``"nn.GELU"``, ``"torch.nn.GELU"``, ``"my_pkg.MyAct"`` or a class into classes.
+
+    A bare name is looked up in ``torch.nn``, then among the classes present in ``root``.
+    """
+    present = {module_class(m).__name__: module_class(m) for _, m in named_modules(root)}
+    resolved = []
+    for spec in specs:
+        if isinstance(spec, type) and issubclass(spec, nn.Module):
+            resolved.append(spec)
+            continue
+        cls = _lookup_type(spec, present) if isinstance(spec, str) else None
+        if cls is None:
+            raise ValueError(
+                f"Unknown module type {spec!r}: give a torch.nn class name ('GELU'), an importable path "
+                f"('package.module.Class') or the name of a class in the model. Classes in the model: "
+                f"{sorted(present)}"
+            )
+        resolved.append(cls)
+    return tuple(resolved)
+
+
+def _lookup_type(spec: str, present: dict[str, type]) -> Optional[type]:
+    name = spec.removeprefix("torch.").removeprefix("nn.")
+    if "." not in name:
+        cls = getattr(nn, name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls
+        return present.get(name)
+    module_path, _, attr = spec.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_path), attr, None)
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
+
+
+def select_modules(
+    root: nn.Module,
+    include_activations: bool = True,
+    module_types: Sequence[ModuleType] = (),
+    modules: Sequence[str] = (),
+) -> list[WatchedModule]:
+    """Activation modules (``include_activations``: torch's element-wise activations, lit_ortho's, and timm's or
+    transformers' when loaded) plus modules of ``module_types`` plus those whose
+    cleaned name matches a glob of ``modules``, in registration order; every glob must match something."""
+    candidates = named_modules(root)
+    types = (default_activation_types() if include_activations else ()) + resolve_module_types(module_types, root)
+    chosen = {name for name, m in candidates if types and isinstance(m, types)}
+    for pattern in modules:
+        matches = {name for name, _ in candidates if fnmatch.fnmatchcase(name, pattern)}
+        if not matches:
+            raise ValueError(
+                f"Module glob {pattern!r} matches no module; modules are named like: {_sample(candidates)}"
+            )
+        chosen |= matches
+    compiled = compiled_modules(root)
+    return [
+        WatchedModule(name, m, module_class(m).__name__, id(m) in compiled) for name, m in candidates if name in chosen
+    ]
+
+
+def usable_layers(layers: Sequence[WatchedModule], monitor: str, compiled_ok: bool) -> list[WatchedModule]:
+    """Drop, with a warning, the layers a torch.compile'd region hides from hooks; with ``compiled_ok``
+    the lit_ortho activations stay (they record their own statistics there)."""
+
+    def hidden(layer: WatchedModule) -> bool:
+        return layer.compiled and not (compiled_ok and isinstance(layer.module, LearnableActivation))
+
+    names = [layer.name for layer in layers if hidden(layer)]
+    if names:
+        rank_zero_warn(
+            f"{monitor}: {len(names)} watched layer(s) run inside a torch.compile'd region, where hooks are ignored, "
+            f"and are not monitored: {names[:8]}{' ...' if len(names) > 8 else ''}"
+            + (" (lit_ortho activations are: they record their own statistics)." if compiled_ok else ".")
+        )
+    return [layer for layer in layers if not hidden(layer)]
+
+
+def select_parameters(root: nn.Module, patterns: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters (cleaned names), all of them or those matching a glob of ``patterns``."""
+    params = [(clean_name(n), p) for n, p in root.named_parameters() if p.requires_grad]
+    if not patterns:
+        return params
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in params):
+            raise ValueError(
+                f"Parameter glob {pattern!r} matches no trainable parameter; they are named like: {_sample(params)}"
+            )
+    return [(n, p) for n, p in params if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+
+
+def _sample(named: Sequence[tuple[str, object]], limit: int = 12) -> str:
+    names = [n for n, _ in named]
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

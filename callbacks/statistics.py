@@ -1,0 +1,198 @@
+"""Exact per-layer moments that survive data parallelism.
+
+A variance cannot be averaged across ranks. Every rank instead keeps, per layer and per tensor kind
+("slot": the input or output of an activation, a gradient, ...), the raw sums (count, sum, sum of
+squares, non-finite count) in float64; all layers are stacked in one tensor and summed across ranks
+with a single ``all_reduce(SUM)`` that every rank calls in the same order. The variance is computed
+from the reduced sums afterwards, so 2 processes report exactly what 1 process reports on the same
+global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+COUNT, SUM, SUMSQ, NONFINITE = range(4)
+_FIELDS = 4
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 wherever the backend supports it (MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class LayerMoments:
+    """Running (count, sum, sum of squares, non-finite) for ``num_layers`` layers x ``slots`` tensor kinds.
+
+    ``add`` is called from hooks (device tensors only, no ``.item()``); ``all_reduce`` sums every rank's
+    values with one collective; the ``variance``/``mean``/... read-outs are computed from the sums.
+    """
+
+    def __init__(self, num_layers: int, slots: Sequence[str], device: torch.device | str = "cpu"):
+        self.slots = tuple(slots)
+        device = torch.device(device)
+        self.values = torch.zeros(num_layers, len(self.slots), _FIELDS, dtype=accumulation_dtype(device), device=device)
+        # Element counts are known on the host: kept there until read, which saves kernels in every hook.
+        self._counts = [[0] * len(self.slots) for _ in range(num_layers)]
+
+    @property
+    def num_layers(self) -> int:
+        return self.values.shape[0]
+
+    def slot(self, name: str) -> int:
+        return self.slots.index(name)
+
+    def reset(self) -> None:
+        self.values.zero_()
+        self._counts = [[0] * len(self.slots) for _ in range(self.num_layers)]
+
+    def add(self, layer: int, slot: str, x: Tensor, count_nonfinite: bool = False) -> None:
+        """Add the moments of every element of ``x`` to ``layer``'s ``slot``, without a host sync.
+
+        Sums run in float64 inside the reductions (bf16/fp16 are upcast before squaring). Non-finite values
+        propagate into the sums, so a non-finite layer reads as a non-finite variance even when
+        ``count_nonfinite`` (one more pass) is off.
+        """
+        x = x.detach()
+        if x.numel() == 0:
+            return
+        cell = self.values[layer, self.slot(slot)]
+        cell[SUM].add_(torch.sum(x, dtype=cell.dtype))
+        cell[SUMSQ].add_(torch.linalg.vector_norm(x, ord=2, dtype=cell.dtype).square())
+        if count_nonfinite:
+            cell[NONFINITE].add_((~torch.isfinite(x)).sum())
+        self._counts[layer][self.slot(slot)] += x.numel()
+
+    def _flush_counts(self) -> None:
+        if any(any(row) for row in self._counts):
+            self.values[..., COUNT] += torch.tensor(self._counts, dtype=self.values.dtype, device=self.values.device)
+            self._counts = [[0] * len(self.slots) for _ in range(self.num_layers)]
+
+    def add_each(self, slot: str, tensors: Sequence[Optional[Tensor]]) -> None:
+        """Add ``tensors[i]``'s moments to layer ``i`` (``None``: nothing) with a handful of fused kernels:
+        the way to read a model's worth of gradients at once."""
+        present = [(i, t.detach()) for i, t in enumerate(tensors) if t is not None and t.numel() > 0]
+        if not present:
+            return
+        dtype, device, s = self.values.dtype, self.values.device, self.slot(slot)
+        rows = torch.tensor([i for i, _ in present], device=device)
+        ts = [t for _, t in present]
+        sums = torch.stack([torch.sum(t, dtype=dtype) for t in ts]).to(device)
+        sumsq = torch.stack(torch._foreach_norm(ts, 2, dtype=dtype)).to(device).square()
+        self.values[:, s, SUM].index_add_(0, rows, sums)
+        self.values[:, s, SUMSQ].index_add_(0, rows, sumsq)
+        for i, t in present:
+            self._counts[i][s] += t.numel()
+
+    def add_raw(self, layer: int, slot: str, moments: Tensor) -> None:
+        """Add precomputed (count, sum, sum of squares, non-finite) to ``layer``'s ``slot``."""
+        self.values[layer, self.slot(slot)] += moments.to(self.values)
+
+    def all_reduce(self, group: Optional[dist.ProcessGroup] = None) -> None:
+        """Sum the moments over ``group`` (the world by default): ONE collective for every layer.
+
+        A no-op outside a process group. Every rank of the group must call it, in the same order as its
+        other collectives, even if it saw no data (an empty FSDP shard adds zeros).
+        """
+        self._flush_counts()
+        if group_size(group) > 1:
+            dist.all_reduce(self.values, op=dist.ReduceOp.SUM, group=group)
+
+    def cpu(self) -> "MomentsReadout":
+        """One device-to-host copy of everything, for the (cheap) read-outs that follow."""
+        self._flush_counts()
+        return MomentsReadout(self.values.detach().to("cpu", torch.float64), self.slots)
+
+
+class MomentsReadout:
+    """Host-side read-outs of reduced moments: population variance, mean, gain, non-finite fraction."""
+
+    def __init__(self, values: Tensor, slots: Sequence[str]):
+        self.values = values
+        self.slots = tuple(slots)
+
+    def _field(self, slot: str, field: int) -> Tensor:
+        return self.values[:, self.slots.index(slot), field]
+
+    def count(self, slot: str) -> Tensor:
+        return self._field(slot, COUNT)
+
+    def mean(self, slot: str) -> Tensor:
+        """Mean per layer; NaN for a layer that saw no elements."""
+        n = self.count(slot)
+        return torch.where(n > 0, self._field(slot, SUM) / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+    def variance(self, slot: str) -> Tensor:
+        """Population variance E[x^2] - E[x]^2 per layer (never an average of per-rank variances).
+
+        Clamped at 0 against float64 rounding; NaN for an empty layer or when non-finite values were seen.
+        """
+        n, total, sumsq = self.count(slot), self._field(slot, SUM), self._field(slot, SUMSQ)
+        mean = total / n.clamp(min=1)
+        var = (sumsq / n.clamp(min=1) - mean * mean).clamp(min=0.0)
+        bad = (n == 0) | (self._field(slot, NONFINITE) > 0) | ~torch.isfinite(total) | ~torch.isfinite(sumsq)
+        return torch.where(bad, torch.full_like(var, float("nan")), var)
+
+    def gain(self, numerator: str, denominator: str) -> Tensor:
+        """var(numerator) / var(denominator) per layer, e.g. var(out)/var(in); NaN where the latter is 0."""
+        top, bottom = self.variance(numerator), self.variance(denominator)
+        return torch.where(bottom > 0, top / bottom.clamp(min=torch.finfo(bottom.dtype).tiny), top * float("nan"))
+
+    def nonfinite_fraction(self, slot: str) -> Tensor:
+        n = self.count(slot)
+        return torch.where(n > 0, self._field(slot, NONFINITE) / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+
+def group_size(group: Optional[dist.ProcessGroup] = None) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+# ---- which ranks hold which part of the data ---------------------------------------------------------------
+def data_parallel_group(strategy: object) -> Optional[dist.ProcessGroup]:
+    """Ranks that see different samples: activation statistics are summed over them (the world, unless a
+    ``ModelParallelStrategy`` mesh names a ``data_parallel`` dimension)."""
+    mesh = getattr(strategy, "_device_mesh", None)
+    if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
+        return mesh["data_parallel"].get_group()
+    return None
+
+
+def fsdp1_shard_group(model: torch.nn.Module) -> Optional[dist.ProcessGroup]:
+    """The shard group of FSDP1 (``FullyShardedDataParallel``) if ``model`` uses it: each rank holds a slice
+    of every parameter there (HYBRID_SHARD: a slice within its node, replicated across nodes)."""
+    if not dist.is_available():
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    for module in model.modules():
+        if isinstance(module, FullyShardedDataParallel):
+            return module.process_group
+    return None
+
+
+def gradient_groups(param: Tensor, fsdp1_group: Optional[dist.ProcessGroup]) -> tuple[dist.ProcessGroup, ...]:
+    """Process groups over which ``param``'s gradient is split into shards, so its moments must be summed.
+
+    FSDP2 DTensor: the mesh dimensions it is ``Shard``-ed over (not the replicate dimension of HSDP, which
+    would count every element twice). FSDP1: its shard group. DDP replicas and single-device: none.
+    """
+    if dist.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(param, DTensor):
+            mesh = param.device_mesh
+            return tuple(mesh.get_group(i) for i, placement in enumerate(param.placements) if placement.is_shard())
+    return (fsdp1_group,) if fsdp1_group is not None else ()
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor; any other tensor as is."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
