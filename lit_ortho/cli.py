@@ -1,0 +1,158 @@
+"""The ``lit-ortho`` command: LightningCLI (fit/validate/test/predict) plus data preparation.
+
+    lit-ortho fit --config cli_configs/gpt2_cpu.yaml
+    lit-ortho fit --config cli_configs/gpt2_cpu.yaml --model.activation=fourier:5
+    lit-ortho fit --config cli_configs/gpt2_cpu.yaml --ckpt_path last          # resume
+    lit-ortho prepare-text  <files/folders> --output-dir data/owt --tokenizer gpt2
+    lit-ortho prepare-images <ImageNet-style folder> --output-dir data/imagenet
+
+Model and data are in subclass mode: a YAML names any LightningModule / LightningDataModule by
+``class_path`` (``lit_ortho.modules.GPT2Module``, your own ``mypkg.MyModule``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+# Imported so the CLI resolves the short names (--model GPT2Module, --data TextDataModule).
+from lit_ortho.data import IMAGE_DATASETS, TOKENIZERS, ImageDataModule, TextDataModule  # noqa: F401
+from lit_ortho.modules import ConvNeXtModule, GPT2Module  # noqa: F401
+
+__all__ = ["OrthoCLI", "cli_main", "main", "PREPARE_COMMANDS"]
+
+DESCRIPTION = (
+    "lit-ortho: train models with learnable Hermite / Fourier / tropical activations. "
+    "Subcommands: fit, validate, test, predict (LightningCLI), and prepare-text, prepare-images "
+    "(run 'lit-ortho prepare-text --help')."
+)
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "lit-ortho", "default_hp_metric": False},
+    },
+}
+
+
+class OrthoCLI(LightningCLI):
+    """LightningCLI with lit-ortho's defaults: subclass mode for model and data, TensorBoard logging,
+    and a ``config.yaml`` saved (overwritten) in each run's log directory."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
+        super().__init__(*args, **kwargs)
+
+
+def cli_main(args: Optional[Sequence[str]] = None, run: bool = True) -> OrthoCLI:
+    return OrthoCLI(args=None if args is None else list(args), run=run)
+
+
+# ---- data preparation subcommands ---------------------------------------------------------------------
+def _prepare_text_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lit-ortho prepare-text",
+        description="Tokenise text / JSON-lines / parquet files (e.g. OpenWebText) into litdata chunks for TextDataModule.",
+    )
+    p.add_argument("inputs", nargs="+", help="files or folders (.txt .md .jsonl .json .parquet, optionally .gz/.xz/.bz2)")
+    p.add_argument("--output-dir", required=True, help="where train/, val/ and lit_ortho.json are written")
+    p.add_argument("--tokenizer", default="gpt2", choices=TOKENIZERS, help="gpt2 (tiktoken BPE) or byte (default: gpt2)")
+    p.add_argument("--val-fraction", type=float, default=0.0005, help="share of documents held out (default: 0.0005)")
+    p.add_argument("--val-inputs", nargs="+", default=None, help="files to use as the validation split instead")
+    p.add_argument("--text-key", default="text", help="JSON field / parquet column holding the text (default: text)")
+    p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all CPU cores)")
+    p.add_argument("--chunk-bytes", default="64MB", help="litdata chunk size (default: 64MB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    return p
+
+
+def _prepare_images_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lit-ortho prepare-images",
+        description=(
+            "Pack an ImageNet-style folder tree (root/train/<class>/*, root/val/<class>/*, or root/<class>/*) "
+            "into litdata chunks for ImageDataModule; or prepare a built-in data set with --dataset."
+        ),
+    )
+    p.add_argument("root", nargs="?", help="image folder tree")
+    p.add_argument("--output-dir", help="where train/, val/ and lit_ortho.json are written (built-ins: the cache)")
+    p.add_argument("--dataset", choices=IMAGE_DATASETS, help="prepare a built-in data set instead of a folder")
+    p.add_argument("--download-dir", help="where --dataset cifar10 is downloaded (default: the cache)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when root has no train/ val/ (default: 0.1)")
+    p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all CPU cores)")
+    p.add_argument("--chunk-bytes", default="256MB", help="litdata chunk size (default: 256MB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    return p
+
+
+def prepare_text_command(argv: Sequence[str]) -> dict:
+    from lit_ortho.data import prepare_text
+
+    a = _prepare_text_parser().parse_args(argv)
+    meta = prepare_text(
+        a.inputs,
+        a.output_dir,
+        tokenizer=a.tokenizer,
+        val_fraction=a.val_fraction,
+        val_inputs=a.val_inputs,
+        num_workers=a.num_workers,
+        text_key=a.text_key,
+        chunk_bytes=a.chunk_bytes,
+        overwrite=a.overwrite,
+    )
+    splits = ", ".join(f"{k}: {v['tokens']:,} tokens in {v['documents']:,} documents" for k, v in meta["splits"].items())
+    print(f"wrote {a.output_dir} ({meta['tokenizer']}, vocabulary {meta['vocab_size']}): {splits}")
+    print(f"train with: --data TextDataModule --data.data_dir {a.output_dir}")
+    return meta
+
+
+def prepare_images_command(argv: Sequence[str]) -> dict:
+    import json
+
+    from lit_ortho.data import prepare_builtin_images, prepare_images
+
+    parser = _prepare_images_parser()
+    a = parser.parse_args(argv)
+    if a.dataset:
+        if a.root:
+            parser.error("give either a folder or --dataset, not both")
+        out = prepare_builtin_images(a.dataset, output_dir=a.output_dir, download_dir=a.download_dir, num_workers=a.num_workers or 4, verbose=True)
+        meta = json.loads((out / "lit_ortho.json").read_text())
+        target = f"--data.dataset {a.dataset}" + (f" --data.data_dir {a.output_dir}" if a.output_dir else "")
+    else:
+        if not a.root or not a.output_dir:
+            parser.error("a folder and --output-dir are required (or --dataset)")
+        meta = prepare_images(
+            a.root, a.output_dir, val_fraction=a.val_fraction, num_workers=a.num_workers, chunk_bytes=a.chunk_bytes, overwrite=a.overwrite
+        )
+        out, target = a.output_dir, f"--data.data_dir {a.output_dir}"
+    splits = ", ".join(f"{k}: {v['images']:,} images" for k, v in meta["splits"].items())
+    print(f"wrote {out} ({meta['num_classes']} classes): {splits}")
+    print(f"train with: --data ImageDataModule {target}")
+    return meta
+
+
+PREPARE_COMMANDS = {"prepare-text": prepare_text_command, "prepare-images": prepare_images_command}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``lit-ortho`` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in PREPARE_COMMANDS:
+        try:
+            PREPARE_COMMANDS[args[0]](args[1:])
+        except ValueError as err:  # DataError and other bad values: one line naming the problem
+            sys.exit(f"lit-ortho {args[0]}: error: {err}")
+        return
+    cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Shared plumbing of the data modules: the cache, metadata files, litdata checks and writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+
+__all__ = ["cache_root", "META_FILE", "read_meta", "write_meta", "check_chunks", "build_once", "run_optimize"]
+
+META_FILE = "lit_ortho.json"
+
+
+class DataError(ValueError):
+    """Bad data on disk or a bad data argument; the message names the path or value."""
+
+
+def cache_root() -> Path:
+    """Where built-in data sets are prepared: ``$LIT_ORTHO_CACHE``, else ``~/.cache/lit_ortho``."""
+    return Path(os.environ.get("LIT_ORTHO_CACHE") or Path.home() / ".cache" / "lit_ortho").expanduser()
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    (Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(directory: str | os.PathLike, kind: str, prepare_hint: str) -> dict[str, Any]:
+    """Read ``lit_ortho.json`` of a prepared directory, with errors that name the path and the fix."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise DataError(f"data directory not found: {str(directory)!r}. Create it with: {prepare_hint}")
+    if not directory.is_dir():
+        raise DataError(f"data directory {str(directory)!r} is not a directory")
+    path = directory / META_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{str(directory)!r} is not a prepared lit-ortho {kind} directory (no {META_FILE}). Create it with: {prepare_hint}"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read {str(path)!r}: {err}") from None
+    if meta.get("format") != f"lit-ortho-{kind}":
+        raise DataError(f"{str(directory)!r} holds {meta.get('format')!r} data, not lit-ortho-{kind}")
+    return meta
+
+
+def check_chunks(directory: str | os.PathLike) -> dict[str, Any]:
+    """Check a litdata directory before streaming it: ``index.json`` readable, every chunk present and
+    of the size the index records. Returns ``{"items": ..., "dims": ...}`` (dims: tokens for token data).
+    """
+    directory = Path(directory)
+    index_path = directory / "index.json"
+    if not index_path.is_file():
+        raise DataError(f"no litdata index at {str(index_path)!r}: the directory is missing or was not fully written")
+    try:
+        index = json.loads(index_path.read_text())
+        chunks = index["chunks"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"corrupt litdata index {str(index_path)!r}: {err}") from None
+    items = dims = 0
+    for chunk in chunks:
+        path = directory / chunk["filename"]
+        if not path.is_file():
+            raise DataError(f"missing data chunk {str(path)!r} (listed in {str(index_path)!r})")
+        size = path.stat().st_size
+        if size != chunk["chunk_bytes"]:
+            raise DataError(
+                f"corrupt data chunk {str(path)!r}: {size} bytes on disk, {chunk['chunk_bytes']} expected; prepare the data again"
+            )
+        items += int(chunk.get("chunk_size") or 0)
+        dims += int(chunk.get("dim") or 0)
+    return {"items": items, "dims": dims}
+
+
+@contextlib.contextmanager
+def _scratch_dir(final: Path):
+    scratch = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a directory atomically: ``build(scratch)`` then rename to ``final`` (skipped when it exists).
+
+    Several processes may race (one per node, or two runs sharing a cache): the first rename wins and
+    the others discard their copy.
+    """
+    final = Path(final)
+    if (final / META_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir(final) as scratch:
+        build(scratch)
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not (final / META_FILE).is_file():
+                raise
+    return final
+
+
+def run_optimize(
+    fn: Callable,
+    inputs: Sequence[Any],
+    output_dir: Path,
+    *,
+    num_workers: int,
+    chunk_bytes: str,
+    item_loader: Any = None,
+    verbose: bool = True,
+) -> Optional[dict[str, Any]]:
+    """``litdata.optimize`` into ``output_dir``; returns the chunk summary, or None when nothing was written."""
+    import multiprocessing
+
+    from litdata import optimize
+
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        optimize(
+            fn=fn,
+            inputs=list(inputs),
+            output_dir=str(output_dir),
+            num_workers=max(1, min(int(num_workers), len(inputs))),
+            chunk_bytes=chunk_bytes,
+            item_loader=item_loader,
+            verbose=verbose,
+            mode="overwrite",
+            # fork, like PyTorch's DataLoader on Linux: fast, and no `if __name__ == "__main__"` needed
+            start_method="fork" if sys.platform.startswith("linux") else None,
+        )
+    except RuntimeError as err:  # a worker failed: surface our own message (it names the file)
+        text = str(err)
+        if "DataError: " in text:
+            raise DataError(text.rsplit("DataError: ", 1)[1].splitlines()[0]) from None
+        raise
+    finally:  # litdata sets the process-wide start method (to spawn); put it back for DataLoader workers
+        if multiprocessing.get_start_method(allow_none=True) != previous:
+            multiprocessing.set_start_method(previous, force=True)
+    if not (Path(output_dir) / "index.json").is_file():
+        return None
+    summary = check_chunks(output_dir)
+    return summary if summary["items"] else None
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))

@@ -1,0 +1,111 @@
+"""timm's ConvNeXt family with the MLP activation taken from an activation spec.
+
+    model = create_convnext("convnext_tiny", activation="hermite:3", num_classes=1000)
+
+    # The paper's CIFAR-10 fine-tune: pretrained weights from a local file, GELU replaced by Hermite-3
+    # fitted to GELU, a new 10-class head, everything frozen except the activations and the head.
+    model = create_convnext("convnext_tiny", activation="hermite:3", num_classes=10,
+                            pretrained="convnext_tiny.safetensors")
+    freeze_all_but_activations_and_head(model)
+
+Nothing is downloaded: ``pretrained`` is a local file (timm/Hugging Face ``.safetensors``, a ``.pth`` /
+``.bin`` state dict, or the official ConvNeXt release's ``{"model": ...}`` checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from torch import nn
+
+from lit_ortho.activations import LearnableActivation
+from lit_ortho.spec import activation_factory, build_activation, replace_activations
+
+__all__ = ["create_convnext", "convnext_names", "freeze_all_but_activations_and_head", "GELU_TYPES"]
+
+
+def _gelu_types() -> tuple[type, ...]:
+    types: list[type] = [nn.GELU]
+    try:  # timm builds its own GELU classes, which are not subclasses of nn.GELU
+        from timm.layers import activations as timm_act
+
+        types += [getattr(timm_act, n) for n in ("GELU", "GELUTanh") if hasattr(timm_act, n)]
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    return tuple(types)
+
+
+GELU_TYPES = _gelu_types()
+
+
+def convnext_names() -> list[str]:
+    """The ConvNeXt variants timm can build (``convnext_atto`` ... ``convnext_xxlarge``, ``convnextv2_*``)."""
+    import timm
+
+    return timm.list_models("convnext*")
+
+
+def create_convnext(
+    model_name: str = "convnext_tiny",
+    activation: Any = "gelu",
+    num_classes: int = 1000,
+    pretrained: Optional[str] = None,
+    activation_init: Optional[str] = "gelu",
+    drop_path_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a timm ConvNeXt whose block activations come from ``activation`` (an activation spec).
+
+    Args:
+        model_name: a timm ConvNeXt name (see :func:`convnext_names`).
+        activation: activation spec for every block's MLP (timm's ``act_layer``).
+        num_classes: classifier outputs; with ``pretrained`` a different count gets a new, freshly
+            initialised head.
+        pretrained: local weights file. The GELU model is loaded as released, then its GELUs are
+            replaced by ``activation`` (``replace_activations``), initialised as ``activation_init``.
+        activation_init: init of the replacing learnable activations (``"gelu"``: fit to GELU, the
+            paper's fine-tune; ``"replaced"``: fit to the module replaced; ``None``: the spec's own init).
+        drop_path_rate: stochastic depth.
+        kwargs: passed to ``timm.create_model`` (``in_chans``, ``ls_init_value``, ...).
+    """
+    import timm
+
+    names = convnext_names()
+    if model_name not in names:
+        raise ValueError(f"unknown ConvNeXt model {model_name!r}; valid choices: {', '.join(names)}")
+    common = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
+    if pretrained is None:
+        return timm.create_model(model_name, act_layer=activation_factory(activation), **common)
+
+    path = os.path.expanduser(str(pretrained))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path!r} (nothing is downloaded; give a local file)")
+    model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common)
+    probe = build_activation(activation)
+    if isinstance(probe, GELU_TYPES) and not isinstance(probe, LearnableActivation):
+        return model  # the released activation: nothing to replace
+    init = activation_init if isinstance(probe, LearnableActivation) else None
+    replace_activations(model, activation, types=GELU_TYPES, init=init)
+    return model
+
+
+def freeze_all_but_activations_and_head(model: nn.Module) -> list[str]:
+    """Freeze every parameter except learnable activations' and the classifier's; return the trainable names.
+
+    The classifier is timm's ``get_classifier()`` (ConvNeXt: ``head.fc``).
+    """
+    trainable: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, LearnableActivation):
+            trainable.update(id(p) for p in module.parameters())
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None:
+        raise ValueError(f"{type(model).__name__} has no get_classifier(); cannot find the head to keep trainable")
+    trainable.update(id(p) for p in get_classifier().parameters())
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(id(p) in trainable)
+        if id(p) in trainable:
+            names.append(name)
+    return names

@@ -1,0 +1,186 @@
+"""ConvNeXt image classification as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_ortho.models.convnext import convnext_names, create_convnext, freeze_all_but_activations_and_head
+from lit_ortho.modules.base import OrthoModule
+
+__all__ = ["ConvNeXtModule"]
+
+
+class ConvNeXtModule(OrthoModule):
+    """Train a timm ConvNeXt with any activation spec: from scratch, or the paper's fine-tune recipe.
+
+    Batches are ``(images, labels)``; labels are class indices, or ``(B, num_classes)`` soft targets
+    when the datamodule applies mixup/cutmix. Logs ``train/loss``, ``train/acc1`` (hard labels only),
+    ``val/loss``, ``val/acc1``, ``val/acc5`` (top-5 when there are more than 5 classes).
+
+    Args:
+        model_name: timm ConvNeXt variant (``convnext_atto`` ... ``convnext_xlarge``, ``convnextv2_*``).
+        activation: activation spec for every block's MLP.
+        num_classes: ``None`` takes the datamodule's ``num_classes`` at setup.
+        pretrained: local weights file (nothing is downloaded). Its GELUs are replaced by
+            ``activation``, initialised by ``activation_init``; a different ``num_classes`` gets a new head.
+        activation_init: ``"gelu"`` (fit to GELU: the paper's fine-tune), ``"replaced"`` or ``None``.
+        freeze_backbone: train only the learnable activations and the classifier (the paper's CIFAR-10
+            fine-tune).
+        drop_path_rate: stochastic depth (ConvNeXt-T recipe: 0.1).
+        label_smoothing: applied to the loss, for hard and mixed targets alike (recipe: 0.1).
+        in_chans: input channels.
+        lr ... fsdp_mixed_precision: see :class:`~lit_ortho.modules.base.OrthoModule`; the defaults are
+            the ConvNeXt recipe (AdamW 4e-3 at batch 4096, weight decay 0.05, cosine to 1e-6).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "convnext_atto",
+        activation: Union[str, dict[str, Any]] = "gelu",
+        num_classes: Optional[int] = None,
+        pretrained: Optional[str] = None,
+        activation_init: Optional[str] = "gelu",
+        freeze_backbone: bool = False,
+        drop_path_rate: float = 0.0,
+        label_smoothing: float = 0.0,
+        in_chans: int = 3,
+        lr: float = 4e-3,
+        min_lr: Optional[float] = 1e-6,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 0,
+        warmup_epochs: float = 0.0,
+        lr_decay_steps: Optional[int] = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        fsdp_mixed_precision: str = "auto",
+    ):
+        super().__init__(
+            lr=lr,
+            min_lr=min_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            eps=eps,
+            warmup_steps=warmup_steps,
+            warmup_epochs=warmup_epochs,
+            lr_decay_steps=lr_decay_steps,
+            activation_checkpointing=activation_checkpointing,
+            compile=compile,
+            fsdp_mixed_precision=fsdp_mixed_precision,
+        )
+        names = convnext_names()
+        if model_name not in names:
+            raise ValueError(f"unknown ConvNeXt model {model_name!r}; valid choices: {', '.join(names)}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.save_hyperparameters()
+        self.model = None
+        self.val_loss = MeanMetric()
+        if num_classes is not None:
+            self._build()
+
+    # ---- construction ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        hp = self.hparams
+        if not isinstance(hp.num_classes, int) or hp.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {hp.num_classes!r}")
+        self.model = create_convnext(
+            hp.model_name,
+            activation=hp.activation,
+            num_classes=hp.num_classes,
+            pretrained=hp.pretrained,
+            activation_init=hp.activation_init,
+            drop_path_rate=hp.drop_path_rate,
+            in_chans=hp.in_chans,
+        )
+        if hp.freeze_backbone:
+            freeze_all_but_activations_and_head(self.model)
+        top5 = min(5, hp.num_classes)
+        # average="micro": the share of correct images (torchmetrics' default is a per-class mean)
+        self.train_acc1 = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(hp.num_classes, top_k=top5, average="micro") if hp.num_classes > 5 else None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_classes = getattr(datamodule, "num_classes", None)
+        if self.model is None:
+            if data_classes is None:
+                raise ValueError(
+                    "ConvNeXtModule(num_classes=None) takes the class count from the datamodule, but "
+                    f"{type(datamodule).__name__ if datamodule is not None else 'no datamodule'} has no num_classes: "
+                    "pass num_classes (e.g. --model.num_classes=1000) or use ImageDataModule"
+                )
+            self.hparams.num_classes = int(data_classes)
+            self._build()
+        elif data_classes is not None and data_classes != self.hparams.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the model has num_classes={self.hparams.num_classes}; "
+                "set model.num_classes to match (or null to take it from the data)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint holds every weight: reloading must not need (or re-fit from) the pretrained file.
+        if checkpoint.get("hyper_parameters", {}).get("pretrained") is not None:
+            checkpoint["hyper_parameters"]["pretrained"] = None
+
+    # ---- sharding hooks ----------------------------------------------------------------------------
+    def shard_units(self):
+        return list(self.model.stages)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.model.set_grad_checkpointing(enabled)
+
+    # ---- steps ------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        eps = self.hparams.label_smoothing
+        if target.is_floating_point():  # soft targets from mixup / cutmix
+            if eps:
+                target = target * (1.0 - eps) + eps / logits.size(-1)
+            return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), target, label_smoothing=eps)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, target = batch
+        logits = self.model(images)
+        loss = self._loss(logits, target)
+        self.log("train/loss", loss, prog_bar=True)
+        if not target.is_floating_point():
+            self.train_acc1(logits.detach(), target)
+            self.log("train/acc1", self.train_acc1, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, target = batch
+        logits = self.model(images)
+        self.val_loss.update(F.cross_entropy(logits.float(), target), weight=target.numel())
+        self.val_acc1.update(logits, target)
+        self.log("val/acc1", self.val_acc1, prog_bar=True)
+        if self.val_acc5 is not None:
+            self.val_acc5.update(logits, target)
+            self.log("val/acc5", self.val_acc5)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, target = batch
+        logits = self.model(images)
+        self.val_acc1.update(logits, target)
+        self.log("test/acc1", self.val_acc1)
+        if self.val_acc5 is not None:
+            self.val_acc5.update(logits, target)
+            self.log("test/acc5", self.val_acc5)
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Class probabilities ``(B, num_classes)``."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.model(images).softmax(dim=-1)
