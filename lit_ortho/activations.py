@@ -16,6 +16,8 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
+from lit_ortho import kernels
+
 __all__ = [
     "LearnableActivation",
     "HermiteActivation",
@@ -26,7 +28,8 @@ __all__ = [
     "INITS",
 ]
 
-BACKENDS = ("auto", "eager")
+# "auto": Triton kernels on CUDA inputs, eager otherwise. See lit_ortho.kernels for the rules.
+BACKENDS = ("auto", "eager", "triton")
 # Named initialisations; any other ``init`` value is read as the spec of a target activation to fit.
 INITS = ("paper", "unit", "torchortho")
 MAX_DEGREE = 32
@@ -322,7 +325,10 @@ class LearnableActivation(nn.Module):
             channel count C to give each channel its own (like ``nn.PReLU(num_parameters=C)``).
         channel_dim: the input dimension that indexes channels when ``per_channel`` is set
             (-1 for ``[..., C]`` MLP/NHWC inputs, 1 for NCHW).
-        backend: ``"auto"`` or ``"eager"``.
+        backend: ``"auto"`` (Triton kernels for CUDA inputs of dtype float32/bfloat16/float16 when
+            triton is installed, eager otherwise), ``"eager"`` (PyTorch ops; compile-friendly under
+            ``torch.compile``) or ``"triton"`` (always the kernels; raises where they cannot run).
+            See :mod:`lit_ortho.kernels`.
     """
 
     family: ClassVar[str] = ""
@@ -412,7 +418,8 @@ class LearnableActivation(nn.Module):
 
     def _activate(self, x: Tensor) -> Tensor:
         self._check_channels(x)
-        return self.function(x, *(getattr(self, n).float() for n in self.value_names), channel_dim=self.channel_dim)
+        values = tuple(getattr(self, n).float() for n in self.value_names)
+        return kernels.dispatch(self.family, self.backend, x, values, self.channel_dim, self.function)
 
     def shared_values(self) -> dict[str, Tensor]:
         """Channel 0's coefficients in float64: what the init and fitting routines work on."""

@@ -1,0 +1,264 @@
+"""Backend selection, the compile-friendly eager formulation, torch.compile on CPU, and (in a
+subprocess, under TRITON_INTERPRET=1) the Triton kernels of tests/test_kernels_triton.py."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lit_ortho as L
+from lit_ortho import kernels
+from lit_ortho.activations import BACKENDS
+from lit_ortho.kernels import compiled
+
+FAMILIES = ["hermite", "fourier", "tropical", "tropical_rational"]
+SPECS = {"hermite": "hermite:3", "fourier": "fourier:5", "tropical": "tropical:5", "tropical_rational": "tropical_rational:6"}
+LAYOUTS = [  # (per_channel, channel_dim, input shape)
+    (None, -1, (6, 50)),
+    (7, -1, (3, 5, 7)),
+    (4, 1, (2, 4, 3, 5)),
+]
+
+
+def _module(family, per_channel=None, channel_dim=-1, seed=0, **kw):
+    spec = {"name": family, "degree": int(SPECS[family].split(":")[1]), "init": "unit",
+            "per_channel": per_channel, "channel_dim": channel_dim, **kw}
+    module = L.build_activation(spec)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.25 * torch.randn(p.shape, generator=gen))
+    return module
+
+
+def _fwd_bwd(module, x, grad):
+    x = x.detach().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    y = module(x)
+    y.backward(grad)
+    return y.detach(), x.grad, [p.grad.clone() for p in module.parameters()]
+
+
+def _assert_same(a, b, rtol, atol):
+    for t, u in zip(a[:2], b[:2]):
+        torch.testing.assert_close(t, u, rtol=rtol, atol=atol)
+    for t, u in zip(a[2], b[2]):
+        torch.testing.assert_close(t, u, rtol=rtol, atol=atol * (1 + u.abs().max().item()))
+
+
+# ---- backend option ------------------------------------------------------------------------------
+def test_backend_choices_and_spec_round_trip():
+    assert BACKENDS == ("auto", "eager", "triton")
+    module = L.build_activation("hermite(degree=3, backend=triton)")
+    assert module.backend == "triton" and L.spec_of(module)["backend"] == "triton"
+    assert repr(L.build_activation(L.spec_of(module))) == repr(module)
+    with pytest.raises(ValueError, match="valid choices: auto, eager, triton"):
+        L.build_activation("hermite(degree=3, backend=cuda)")
+
+
+def test_auto_is_eager_off_the_gpu():
+    x = torch.randn(4, 8)
+    assert not kernels.use_triton("auto", x)
+    assert not kernels.use_triton("eager", x)
+    assert not kernels.use_triton("auto", x.double())
+    auto, eager = _module("fourier"), _module("fourier", backend="eager")
+    torch.testing.assert_close(auto(x), eager(x), rtol=0, atol=0)
+
+
+def test_auto_picks_triton_for_cuda_inputs_by_dtype():
+    """Decided from device and dtype alone: checked on fake CUDA tensors, no GPU needed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            x = torch.empty(4, 8, dtype=dtype, device="cuda")
+            assert kernels.use_triton("auto", x) == kernels.TRITON_AVAILABLE
+            assert not kernels.use_triton("eager", x)
+        assert not kernels.use_triton("auto", torch.empty(4, 8, dtype=torch.float64, device="cuda"))
+
+
+@pytest.mark.skipif(kernels.INTERPRET or torch.cuda.is_available(), reason="triton can run CPU tensors here")
+def test_triton_backend_says_why_it_cannot_run():
+    module = L.build_activation("tropical(degree=3, backend=triton)")
+    with pytest.raises(RuntimeError, match="CUDA tensors.*TRITON_INTERPRET=1.*backend='auto'"):
+        module(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16.*float64"):
+        module.double()(torch.randn(3, 4, dtype=torch.float64))
+
+
+# ---- the compile-friendly formulation, run eagerly -------------------------------------------------
+def test_sincos_polynomials_match_float64_to_float32_rounding():
+    z = torch.cat([torch.linspace(-3000, 3000, 400_001), torch.arange(-64, 65) * (math.pi / 2)]).float()
+    s, c = compiled.sincos(z)
+    zd = z.double()
+    assert (s.double() - zd.sin()).abs().max() < 2.5e-7
+    assert (c.double() - zd.cos()).abs().max() < 2.5e-7
+    assert torch.equal(compiled.cos(z), c)
+    s64, c64 = compiled.sincos(zd)
+    assert torch.equal(s64, zd.sin()) and torch.equal(c64, zd.cos())
+
+
+@pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
+@pytest.mark.parametrize("per_channel,channel_dim,shape", LAYOUTS)
+def test_compiled_formulation_matches_eager(family, per_channel, channel_dim, shape):
+    module = _module(family, per_channel, channel_dim)
+    gen = torch.Generator().manual_seed(1)
+    x, grad = torch.randn(shape, generator=gen) * 2, torch.randn(shape, generator=gen)
+    values = [getattr(module, n).float() for n in module.value_names]
+
+    def run(fn):
+        xx = x.detach().requires_grad_()
+        vs = [v.detach().requires_grad_(v.requires_grad) for v in values]
+        y = fn(xx, *vs, channel_dim=channel_dim)
+        y.backward(grad)
+        return y.detach(), xx.grad, [v.grad for v in vs if v.requires_grad]
+
+    _assert_same(run(compiled.FUNCTIONS[family]), run(module.function), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
+@pytest.mark.parametrize("per_channel,channel_dim,shape", [(None, -1, (3, 5)), (3, 1, (2, 3, 4))])
+def test_compiled_formulation_gradcheck_float64(family, per_channel, channel_dim, shape):
+    module = _module(family, per_channel, channel_dim).double()
+    x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2).requires_grad_()
+    learnable = dict(module.named_parameters())
+    values = [getattr(module, n).detach().clone().requires_grad_(n in learnable) for n in module.value_names]
+    fn = lambda x, *v: compiled.FUNCTIONS[family](x, *v, channel_dim=channel_dim)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-6)
+
+
+# ---- torch.compile on CPU: no graph breaks, same numbers -------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("per_channel,channel_dim,shape", [LAYOUTS[0], LAYOUTS[2]])
+def test_eager_backend_has_no_graph_breaks(family, per_channel, channel_dim, shape):
+    torch._dynamo.reset()  # a fresh recompile budget for LearnableActivation.forward, whatever ran before
+    module = _module(family, per_channel, channel_dim)
+    x = torch.randn(shape, requires_grad=True)
+    explanation = torch._dynamo.explain(module)(x)  # traces forward and the autograd Function's backward
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compile_fullgraph_aot_eager_matches_eager(family):
+    torch._dynamo.reset()
+    module = _module(family, per_channel=4, channel_dim=1)
+    gen = torch.Generator().manual_seed(3)
+    x, grad = torch.randn(2, 4, 5, 6, generator=gen) * 2, torch.randn(2, 4, 5, 6, generator=gen)
+    expected = _fwd_bwd(module, x, grad)
+    got = _fwd_bwd(torch.compile(module, fullgraph=True, backend="aot_eager"), x, grad)
+    _assert_same(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _have_cxx() -> bool:
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+def test_compile_fullgraph_inductor_mlp_matches_eager():
+    """A small MLP with the compile-only formulations (Fourier's polynomial sine/cosine, tropical's
+    masked sums), compiled by inductor with fullgraph=True, forward and backward."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(  # tropical_rational uses tropical's building blocks (aot_eager test above)
+        torch.nn.Linear(12, 32), _module("fourier"),
+        torch.nn.Linear(32, 8), _module("tropical", per_channel=8),
+    )
+    x = torch.randn(64, 12)
+    grad = torch.randn(64, 8)
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        y = m(x)
+        y.backward(grad)
+        return y.detach(), [p.grad.clone() for p in model.parameters()]
+
+    y_ref, g_ref = step(model)
+    y, g = step(torch.compile(model, fullgraph=True))
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item()))
+
+
+# ---- the Triton kernels, interpreted on CPU ---------------------------------------------------------
+@pytest.mark.skipif(not kernels.TRITON_AVAILABLE, reason="triton is not installed")
+@pytest.mark.skipif(kernels.INTERPRET or torch.cuda.is_available(),
+                    reason="tests/test_kernels_triton.py runs in this process (GPU or interpreter)")
+def test_triton_kernels_under_the_interpreter():
+    """TRITON_INTERPRET must be set before triton is imported, so the kernel tests run in a fresh
+    interpreter process: forward, input gradient and coefficient gradients against eager."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests" / "test_kernels_triton.py")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900,
+    )
+    report = result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, report
+    assert " passed" in result.stdout and " skipped" not in result.stdout, report
+
+
+# ---- the Triton kernels compile for an H100 (sm_90), no GPU needed ----------------------------------
+def _aot_compile(kernel, dtype: str, constexprs: dict):
+    """triton.compile for sm_90 with the divisibility hints the JIT gives 16-aligned arguments."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = inspect.signature(kernel.fn).parameters
+    signature = {}
+    for name, p in params.items():
+        if p.annotation is not inspect.Parameter.empty:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = f"*{dtype}" if name in ("x_ptr", "g_ptr", "y_ptr", "dx_ptr") else "*fp32"
+        else:
+            signature[name] = "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(signature)
+             if signature[n].startswith("*") or n in ("numel", "width")}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+@pytest.mark.skipif(not kernels.TRITON_AVAILABLE or kernels.INTERPRET, reason="needs triton, not interpreted")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kernels_compile_for_sm90(family):
+    """Lowering to PTX and SASS, which the interpreter never does: bf16 forward with shared
+    coefficients (Fourier: the MUFU sin/cos path) and float32 per-channel backward."""
+    try:
+        import triton  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:  # another triton layout
+        pytest.skip(f"triton's ahead-of-time API is not available: {exc}")
+    from lit_ortho.kernels import _triton as T
+
+    degree = {"hermite": 3, "fourier": 5, "tropical": 5, "tropical_rational": 6}[family]
+    K = degree if family == "fourier" else degree + 1
+    size = {"N": K} if family == "fourier" else {"K": K}
+    extra = {"hermite": {"CLAMP": False}, "fourier": {"FAST_TRIG": True}}.get(family, {})
+    cfg = T.CONFIG
+    fwd = dict(size, **extra, PER_CHANNEL=False, BLOCK_C=cfg["shared_width"],
+               BLOCK_R=cfg["fwd_tile"] // cfg["shared_width"], INT64=False)
+    extra_bwd = {"hermite": {"CLAMP": False}, "fourier": {"FAST_TRIG": False}}.get(family, {})
+    pad = {"NP": 8} if family == "fourier" else {"KP": 8}
+    bwd = dict(size, **extra_bwd, **pad, NEED_X=True, NEED_COEF=True, PER_CHANNEL=True,
+               BLOCK_C=cfg["channel_block"], BLOCK_R=cfg["bwd_tile"] // cfg["channel_block"], INT64=False)
+    try:
+        compiled_fwd = _aot_compile(getattr(T, f"_{family}_fwd_kernel"), "bf16", fwd)
+        compiled_bwd = _aot_compile(getattr(T, f"_{family}_bwd_kernel"), "fp32", bwd)
+    except (FileNotFoundError, PermissionError) as exc:  # no bundled ptxas
+        pytest.skip(f"cannot run ptxas here: {exc}")
+    for k in (compiled_fwd, compiled_bwd):
+        assert k.asm["cubin"] and ".target sm_90" in k.asm["ptx"]
+    ptx = compiled_fwd.asm["ptx"]
+    assert "ld.global.v4" in ptx  # 16-byte loads of the bf16 input
+    if family == "fourier":
+        assert "cos.approx" in ptx
