@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_ortho import kernels
+from lit_ortho.kernels.common import column, compute_dtype, reduce_channels
 
 __all__ = [
     "LearnableActivation",
@@ -36,27 +37,6 @@ MAX_DEGREE = 32
 FOURIER_C = 1.0 / math.sqrt(1.0 + sum(1.0 / math.factorial(k) ** 2 for k in range(1, 40)))  # 1/sqrt(I0(2))
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _channel_view(coef: Tensor, x: Tensor, channel_dim: int) -> Tensor:
-    """Shape a per-layer ``[]`` or per-channel ``[C]`` coefficient to broadcast against ``x``."""
-    if coef.dim() == 0:
-        return coef
-    shape = [1] * x.dim()
-    shape[channel_dim] = coef.shape[0]
-    return coef.reshape(shape)
-
-
-def _reduce(t: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
-    """Sum over every element (shared coefficients) or over all but the channel dimension."""
-    if not per_channel:
-        return t.sum()
-    dim = channel_dim % t.dim()
-    return t.sum(dim=[d for d in range(t.dim()) if d != dim])
-
-
 class _Columns:
     """Indexes column ``k`` of an ``[K]`` or ``[C, K]`` coefficient tensor, viewed to broadcast with ``x``."""
 
@@ -64,7 +44,7 @@ class _Columns:
         self.coef, self.x, self.channel_dim = coef, x, channel_dim
 
     def __getitem__(self, k: int) -> Tensor:
-        return _channel_view(self.coef[..., k], self.x, self.channel_dim)
+        return column(self.coef, k, self.x, self.channel_dim)
 
 
 def _stack_grads(grads: list[Tensor]) -> Tensor:
@@ -108,7 +88,7 @@ def _dot(g: Tensor, h: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
     """sum(g * h) overall or per channel; one fused pass in the shared case."""
     if not per_channel:
         return torch.dot(g.reshape(-1), h.reshape(-1)) if h.shape == g.shape else (g * h).sum()
-    return _reduce(g * h, per_channel, channel_dim)
+    return reduce_channels(g * h, per_channel, channel_dim)
 
 
 def hermite_forward(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
@@ -127,20 +107,20 @@ class _HermiteFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, coefficients: Tensor, channel_dim: int) -> Tensor:
         ctx.save_for_backward(x, coefficients)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         return hermite_forward(x.to(dtype), coefficients.to(dtype), channel_dim).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, coefficients = ctx.saved_tensors
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf, g = x.to(dtype), grad_out.to(dtype)
         cd, per_channel = ctx.channel_dim, coefficients.dim() == 2
         n = coefficients.shape[-1] - 1
         inv_fact = _as_tensor(_inverse_factorials(n), xf)
         # dF/da_k = He_k/k!;  dF/dx = sum_{k>=1} a_k He_{k-1}/(k-1)!.
         slope = _Columns(coefficients.to(dtype)[..., 1:] * inv_fact[:-1], xf, cd)
-        raw = [_reduce(g, per_channel, cd), _dot(g, xf, per_channel, cd)]  # sum g He_k, k = 0, 1
+        raw = [reduce_channels(g, per_channel, cd), _dot(g, xf, per_channel, cd)]  # sum g He_k, k = 0, 1
         dydx = xf * slope[1] if n >= 2 else torch.zeros_like(xf)
         dydx.add_(slope[0])
         for k, he in enumerate(_hermite_basis(xf, n), start=2):
@@ -160,7 +140,7 @@ class _FourierFunction(torch.autograd.Function):
     def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
         ctx.save_for_backward(x, bias, amplitudes, phases, frequencies)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         c = _Columns(amplitudes.to(dtype), xf, channel_dim)
         phi = _Columns(phases.to(dtype), xf, channel_dim)
@@ -173,7 +153,7 @@ class _FourierFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, bias, amplitudes, phases, frequencies = ctx.saved_tensors
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf, g = x.to(dtype), grad_out.to(dtype)
         cd, per_channel = ctx.channel_dim, bias.dim() == 2
         c = _Columns(amplitudes.to(dtype), xf, cd)
@@ -187,14 +167,14 @@ class _FourierFunction(torch.autograd.Function):
             cos_z, sin_z = torch.cos(z), torch.sin(z)
             ck = c[k] * inv_fact
             dydx = dydx - (ck * w[k]) * sin_z
-            grad_c.append(_reduce(g * cos_z, per_channel, cd) * inv_fact)
+            grad_c.append(reduce_channels(g * cos_z, per_channel, cd) * inv_fact)
             # dF/dphi = ck sin z,  dF/dw = -ck x sin z: reduce first, scale by the coefficient after.
-            s_g = _reduce(g * sin_z, per_channel, cd)
-            s_gx = _reduce(gx * sin_z, per_channel, cd)
+            s_g = reduce_channels(g * sin_z, per_channel, cd)
+            s_gx = reduce_channels(gx * sin_z, per_channel, cd)
             grad_phi.append(s_g * amplitudes[..., k].to(dtype) * inv_fact)
             grad_w.append(-s_gx * amplitudes[..., k].to(dtype) * inv_fact)
         grad_x = (g * dydx).to(x.dtype)
-        grad_bias = _reduce(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
+        grad_bias = reduce_channels(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
         return (
             grad_x,
             grad_bias,
@@ -244,7 +224,7 @@ class _TropicalFunction(torch.autograd.Function):
     def forward(ctx, x, intercepts, scale, channel_dim: int):
         ctx.save_for_backward(x, intercepts, scale)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         c = _Columns(intercepts.to(dtype), xf, channel_dim)
         best, _ = _max_plus(xf, _FixedSlopes(), c, intercepts.shape[-1])
@@ -253,7 +233,7 @@ class _TropicalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, intercepts, scale = ctx.saved_tensors
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
         K = intercepts.shape[-1]
         c = _Columns(intercepts.to(dtype), xf, ctx.channel_dim)
@@ -269,7 +249,7 @@ class _TropicalRationalFunction(torch.autograd.Function):
     def forward(ctx, x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim: int):
         ctx.save_for_backward(x, num_slopes, num_intercepts, den_slopes, den_intercepts)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         col = lambda t: _Columns(t.to(dtype), xf, channel_dim)  # noqa: E731
         K = num_slopes.shape[-1]
@@ -280,7 +260,7 @@ class _TropicalRationalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, p, c, q, d = ctx.saved_tensors
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         cd = ctx.channel_dim
         xf, g = x.to(dtype), grad_out.to(dtype)
         col = lambda t: _Columns(t.to(dtype), xf, cd)  # noqa: E731

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor
 
+from lit_ortho.kernels.common import column, compute_dtype, reduce_channels
+
 __all__ = ["FUNCTIONS", "sincos", "cos"]
 
 _INV_PI = 1.0 / math.pi
@@ -29,27 +31,6 @@ PI_PARTS = (3.140625, 9.67502593994140625e-4, 1.509957990978376432e-7)
 # sin r = r * S(t), cos r = C(t).
 SIN_COEFFS = (1.0, -0.16666658222675323, 0.008333050645887852, -0.00019809075456578285, 2.6052248358610086e-06)
 COS_COEFFS = (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.476016197761055e-05, -2.605149518331018e-07)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _col(coef: Tensor, k: int, x: Tensor, channel_dim: int) -> Tensor:
-    """Column k of a ``[K]`` or ``[C, K]`` coefficient, shaped to broadcast against x."""
-    c = coef[..., k]
-    if c.dim() == 0:
-        return c
-    shape = [1] * x.dim()
-    shape[channel_dim] = c.shape[0]
-    return c.reshape(shape)
-
-
-def _reduce(t: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
-    if not per_channel:
-        return t.sum()
-    dim = channel_dim % t.dim()
-    return t.sum(dim=[d for d in range(t.dim()) if d != dim])
 
 
 def _reduce_pi(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,19 +73,19 @@ class _FourierCompiled(torch.autograd.Function):
     def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
         ctx.save_for_backward(x, bias, amplitudes, phases, frequencies)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         c, phi, w = amplitudes.to(dtype), phases.to(dtype), frequencies.to(dtype)
-        y = torch.zeros_like(xf) + _col(bias.to(dtype), 0, xf, channel_dim)
+        y = torch.zeros_like(xf) + column(bias.to(dtype), 0, xf, channel_dim)
         for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
-            cos_z = cos(_col(w, k, xf, channel_dim) * xf - _col(phi, k, xf, channel_dim))
-            y = y + (_col(c, k, xf, channel_dim) * inv_fact) * cos_z
+            cos_z = cos(column(w, k, xf, channel_dim) * xf - column(phi, k, xf, channel_dim))
+            y = y + (column(c, k, xf, channel_dim) * inv_fact) * cos_z
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, bias, amplitudes, phases, frequencies = ctx.saved_tensors
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         cd, per_channel = ctx.channel_dim, bias.dim() == 2
         xf, g = x.to(dtype), grad_out.to(dtype)
         c, phi, w = amplitudes.to(dtype), phases.to(dtype), frequencies.to(dtype)
@@ -112,14 +93,14 @@ class _FourierCompiled(torch.autograd.Function):
         dydx = torch.zeros_like(xf)
         grad_c, grad_phi, grad_w = [], [], []
         for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
-            wk = _col(w, k, xf, cd)
-            sin_z, cos_z = sincos(wk * xf - _col(phi, k, xf, cd))
-            dydx = dydx - (_col(c, k, xf, cd) * inv_fact * wk) * sin_z
-            grad_c.append(_reduce(g * cos_z, per_channel, cd) * inv_fact)
-            grad_phi.append(_reduce(g * sin_z, per_channel, cd) * c[..., k] * inv_fact)
-            grad_w.append(-_reduce(gx * sin_z, per_channel, cd) * c[..., k] * inv_fact)
+            wk = column(w, k, xf, cd)
+            sin_z, cos_z = sincos(wk * xf - column(phi, k, xf, cd))
+            dydx = dydx - (column(c, k, xf, cd) * inv_fact * wk) * sin_z
+            grad_c.append(reduce_channels(g * cos_z, per_channel, cd) * inv_fact)
+            grad_phi.append(reduce_channels(g * sin_z, per_channel, cd) * c[..., k] * inv_fact)
+            grad_w.append(-reduce_channels(gx * sin_z, per_channel, cd) * c[..., k] * inv_fact)
         grad_x = (g * dydx).to(x.dtype)
-        grad_bias = _reduce(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
+        grad_bias = reduce_channels(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
         stack = lambda t, ref: torch.stack(t, dim=-1).to(ref.dtype)  # noqa: E731
         return grad_x, grad_bias, stack(grad_c, amplitudes), stack(grad_phi, phases), stack(grad_w, frequencies), None
 
@@ -127,12 +108,12 @@ class _FourierCompiled(torch.autograd.Function):
 def _max_plus(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
     """(max_k (s_k x + c_k), argmax as a float, slope of the argmax); the first maximum wins ties.
     ``slopes`` is None for the fixed slopes 0..K-1."""
-    slope = lambda k: float(k) if slopes is None else _col(slopes, k, x, channel_dim)  # noqa: E731
-    best = slope(0) * x + _col(intercepts, 0, x, channel_dim)
+    slope = lambda k: float(k) if slopes is None else column(slopes, k, x, channel_dim)  # noqa: E731
+    best = slope(0) * x + column(intercepts, 0, x, channel_dim)
     arg = torch.zeros_like(x)
     win_slope = torch.zeros_like(x) + slope(0)
     for k in range(1, K):
-        cand = slope(k) * x + _col(intercepts, k, x, channel_dim)
+        cand = slope(k) * x + column(intercepts, k, x, channel_dim)
         win = cand > best
         arg = torch.where(win, float(k), arg)
         win_slope = torch.where(win, slope(k), win_slope)
@@ -143,7 +124,7 @@ def _max_plus(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
 def _masked_sums(weights: Tensor, arg: Tensor, K: int, per_channel: bool, channel_dim: int) -> Tensor:
     """[K] (or [C, K]) sums of ``weights`` over the elements whose argmax is k: fused by inductor."""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-    sums = [_reduce(torch.where(arg == float(k), weights, zero), per_channel, channel_dim) for k in range(K)]
+    sums = [reduce_channels(torch.where(arg == float(k), weights, zero), per_channel, channel_dim) for k in range(K)]
     return torch.stack(sums, dim=-1)
 
 
@@ -152,7 +133,7 @@ class _TropicalCompiled(torch.autograd.Function):
     def forward(ctx, x, intercepts, scale, channel_dim: int):
         ctx.save_for_backward(x, intercepts, scale)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         best, _, _ = _max_plus(xf, None, intercepts.to(dtype), intercepts.shape[-1], channel_dim)
         return (best * scale.to(dtype)).to(x.dtype)
@@ -160,7 +141,7 @@ class _TropicalCompiled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, intercepts, scale = ctx.saved_tensors
-        dtype, cd = _compute_dtype(x), ctx.channel_dim
+        dtype, cd = compute_dtype(x), ctx.channel_dim
         xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
         K = intercepts.shape[-1]
         _, arg, _ = _max_plus(xf, None, intercepts.to(dtype), K, cd)
@@ -174,7 +155,7 @@ class _TropicalRationalCompiled(torch.autograd.Function):
     def forward(ctx, x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim: int):
         ctx.save_for_backward(x, num_slopes, num_intercepts, den_slopes, den_intercepts)
         ctx.channel_dim = channel_dim
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         xf = x.to(dtype)
         K = num_slopes.shape[-1]
         num, _, _ = _max_plus(xf, num_slopes.to(dtype), num_intercepts.to(dtype), K, channel_dim)
@@ -184,7 +165,7 @@ class _TropicalRationalCompiled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, p, c, q, d = ctx.saved_tensors
-        dtype, cd = _compute_dtype(x), ctx.channel_dim
+        dtype, cd = compute_dtype(x), ctx.channel_dim
         xf, g = x.to(dtype), grad_out.to(dtype)
         K, per_channel = p.shape[-1], p.dim() == 2
         _, arg_n, slope_n = _max_plus(xf, p.to(dtype), c.to(dtype), K, cd)
