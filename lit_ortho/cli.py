@@ -5,6 +5,7 @@
     lit-ortho fit --config cli_configs/gpt2_cpu.yaml --ckpt_path last          # resume
     lit-ortho prepare-text  <files/folders> --output-dir data/owt --tokenizer gpt2
     lit-ortho prepare-images <ImageNet-style folder> --output-dir data/imagenet
+    lit-ortho consolidate runs/x/checkpoints/last.ckpt model.ckpt       # sharded checkpoint -> one file
 
 Model and data are in subclass mode: a YAML names any LightningModule / LightningDataModule by
 ``class_path`` (``lit_ortho.modules.GPT2Module``, your own ``mypkg.MyModule``).
@@ -17,17 +18,21 @@ import sys
 from typing import Any, Optional, Sequence
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 # Imported so the CLI resolves the short names (--model GPT2Module, --data TextDataModule).
 from lit_ortho.data import IMAGE_DATASETS, TOKENIZERS, ImageDataModule, TextDataModule  # noqa: F401
 from lit_ortho.modules import ConvNeXtModule, GPT2Module  # noqa: F401
 
-__all__ = ["OrthoCLI", "cli_main", "main", "PREPARE_COMMANDS"]
+# Registers strategy: fsdp2 / fsdp2_cpu_offload / fsdp1 and provides the pre-flight check.
+from lit_ortho.distributed import ConfigurationError, check_trainer_config, consolidate_checkpoint
+
+__all__ = ["OrthoCLI", "cli_main", "main", "PREPARE_COMMANDS", "COMMANDS"]
 
 DESCRIPTION = (
     "lit-ortho: train models with learnable Hermite / Fourier / tropical activations. "
-    "Subcommands: fit, validate, test, predict (LightningCLI), and prepare-text, prepare-images "
-    "(run 'lit-ortho prepare-text --help')."
+    "Subcommands: fit, validate, test, predict (LightningCLI), prepare-text, prepare-images "
+    "(run 'lit-ortho prepare-text --help'), and consolidate (a sharded checkpoint into one file)."
 )
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -49,6 +54,16 @@ class OrthoCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Pre-flight check of the Trainer settings (strategy / accelerator / precision / parallel sizes), so a
+        configuration that cannot run fails with a clear message before any process group or model exists."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer") if hasattr(config, "get") else getattr(config, "trainer", None)
+        if trainer is None:
+            return
+        for warning in check_trainer_config(trainer):
+            rank_zero_warn(warning)
 
 
 def cli_main(args: Optional[Sequence[str]] = None, run: bool = True) -> OrthoCLI:
@@ -142,16 +157,50 @@ def prepare_images_command(argv: Sequence[str]) -> dict:
 PREPARE_COMMANDS = {"prepare-text": prepare_text_command, "prepare-images": prepare_images_command}
 
 
+# ---- checkpoint consolidation ---------------------------------------------------------------------------
+def _consolidate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lit-ortho consolidate",
+        description=(
+            "Merge a sharded checkpoint directory (written by strategy fsdp2 / fsdp1 / ModelParallelStrategy on any "
+            "number of processes) into one .ckpt file that GPT2Module.load_from_checkpoint / ConvNeXtModule."
+            "load_from_checkpoint read, and that a single-device or DDP run can resume or fine-tune from. "
+            "Runs on one CPU process; needs the whole model (and optimizer state, unless --weights-only) in memory."
+        ),
+    )
+    p.add_argument("checkpoint_dir", help="a sharded checkpoint, e.g. runs/<name>/checkpoints/last.ckpt (a directory)")
+    p.add_argument("output_file", nargs="?", default=None, help="where to write (default: <checkpoint_dir minus .ckpt>.consolidated.ckpt)")
+    p.add_argument("--weights-only", action="store_true", help="keep weights and hyperparameters only: drop optimizer, scheduler and loop state")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return p
+
+
+def consolidate_command(argv: Sequence[str]):
+    a = _consolidate_parser().parse_args(argv)
+    try:
+        out = consolidate_checkpoint(a.checkpoint_dir, a.output_file, weights_only=a.weights_only, overwrite=a.overwrite)
+    except (FileNotFoundError, FileExistsError) as err:
+        raise ValueError(str(err)) from None
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB{', weights only' if a.weights_only else ''})")
+    return out
+
+
+COMMANDS = {**PREPARE_COMMANDS, "consolidate": consolidate_command}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``lit-ortho`` script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in PREPARE_COMMANDS:
+    if args and args[0] in COMMANDS:
         try:
-            PREPARE_COMMANDS[args[0]](args[1:])
+            COMMANDS[args[0]](args[1:])
         except ValueError as err:  # DataError and other bad values: one line naming the problem
             sys.exit(f"lit-ortho {args[0]}: error: {err}")
         return
-    cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    try:
+        cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    except ConfigurationError as err:  # the pre-flight check: a configuration that cannot run
+        sys.exit(f"lit-ortho{' ' + args[0] if args and not args[0].startswith('-') else ''}: error: {err}")
 
 
 if __name__ == "__main__":

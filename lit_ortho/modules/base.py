@@ -25,13 +25,15 @@ NORM_TYPES: tuple[type, ...] = (
 MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, weight_decay: float, ndims: Optional[dict[int, int]] = None) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices / conv kernels / embeddings, none on the rest.
 
     No weight decay for: parameters of learnable activations (whatever their shape: the paper's
     rule), normalisation layers, and any parameter with fewer than 2 dimensions (biases, scales).
     Frozen parameters (``requires_grad=False``) are left out; tied parameters appear once. Each group
     has a ``name`` (``decay`` / ``no_decay``: LearningRateMonitor's tags) and ``param_names``.
+    ``ndims`` (``id(parameter) -> ndim``) gives the dimensions parameters had before FSDP1 flattened them
+    into 1-D shards.
     """
     no_decay_ids: set[int] = set()
     for module in model.modules():
@@ -42,7 +44,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if id(p) in no_decay_ids or p.ndim < 2:
+        ndim = ndims.get(id(p), p.ndim) if ndims else p.ndim
+        if id(p) in no_decay_ids or ndim < 2:
             no_decay.append(p)
             no_decay_names.append(name)
         else:
@@ -133,6 +136,7 @@ class OrthoModule(L.LightningModule):
             )
         self.model: Optional[nn.Module] = None
         self._compiled = False
+        self._param_ndims: dict[int, int] = {}  # before FSDP1 flattens parameters (see configure_model)
 
     # ---- to be provided by subclasses ------------------------------------------------------------------
     def shard_units(self) -> list[nn.Module]:
@@ -148,7 +152,7 @@ class OrthoModule(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        groups = parameter_groups(self.model, hp.weight_decay)
+        groups = parameter_groups(self.model, hp.weight_decay, ndims=self._param_ndims)
         for g in groups:
             g.pop("param_names")
         fused = all(p.is_cuda for g in groups for p in g["params"]) and self.device_mesh is None
@@ -167,6 +171,15 @@ class OrthoModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``gradient_clip_val`` by norm also under FSDP1, where Lightning refuses it: the norm is computed over
+        all shards by ``FullyShardedDataParallel.clip_grad_norm_`` (FSDP2, DDP, one device: Lightning's own)."""
+        strategy_model = getattr(self._strategy(), "model", None)
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and _is_fsdp1(strategy_model):
+            strategy_model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ---- parallelism -----------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Activation checkpointing, compile, and FSDP2 sharding when the strategy provides a device mesh.
@@ -174,10 +187,15 @@ class OrthoModule(L.LightningModule):
         Under ``ModelParallelStrategy`` each unit of :meth:`shard_units` becomes its own FSDP2 group
         (``fully_shard`` on the ``data_parallel`` mesh dimension), then the whole network. Learnable
         activations get their own fp32 group inside, so their few coefficients are never rounded to
-        bf16. Single device and DDP: no sharding; the same module runs unchanged. Idempotent.
+        bf16. Options of :class:`lit_ortho.distributed.FSDP2Strategy` (hybrid sharding, CPU offload,
+        ``reshard_after_forward``) are applied here. Under FSDP1 (``strategy: fsdp`` / ``fsdp1``) with no
+        ``auto_wrap_policy`` given, the strategy is told to wrap each unit, and each learnable activation in
+        an fp32 unit. Single device and DDP: no sharding; the same module runs unchanged. Idempotent.
         """
         if self.model is None:
             return
+        if not self._param_ndims:  # FSDP1 (use_orig_params) turns every parameter into a 1-D shard view
+            self._param_ndims = {id(p): p.ndim for p in self.model.parameters()}
         hp = self.hparams
         if hp.activation_checkpointing:
             self.set_activation_checkpointing(True)
@@ -188,6 +206,33 @@ class OrthoModule(L.LightningModule):
         mesh = self.device_mesh
         if mesh is not None and not _is_sharded(self.model):
             self._fully_shard(mesh)
+        elif mesh is None:
+            self._set_fsdp1_wrap_policy()
+
+    def _strategy(self):
+        return None if self._trainer is None else self._trainer.strategy
+
+    def _set_fsdp1_wrap_policy(self) -> None:
+        """Under FSDP1 (``strategy: fsdp`` / ``fsdp1``) with no ``auto_wrap_policy`` of the user's: one FSDP unit per
+        block, and one fp32 unit per learnable activation (set on the strategy, which wraps after this hook)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self._strategy()
+        if not isinstance(strategy, FSDPStrategy) or "auto_wrap_policy" in strategy.kwargs:
+            return
+        from torch.distributed.fsdp import MixedPrecision
+        from torch.distributed.fsdp.wrap import CustomPolicy
+
+        unit_ids = {id(unit) for unit in self.shard_units()}
+        fp32_unit = {"mixed_precision": MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)}
+        keep_fp32 = self._param_dtype() is not None
+
+        def policy(module: nn.Module):
+            if keep_fp32 and isinstance(module, LearnableActivation):
+                return fp32_unit
+            return id(module) in unit_ids
+
+        strategy.kwargs["auto_wrap_policy"] = CustomPolicy(policy)
 
     def _param_dtype(self) -> Optional[torch.dtype]:
         choice = self.hparams.fsdp_mixed_precision
@@ -204,7 +249,10 @@ class OrthoModule(L.LightningModule):
                 f"{type(self).__name__} shards with FSDP2 only; set ModelParallelStrategy(tensor_parallel_size=1, "
                 f"data_parallel_size=<number of GPUs>), got tensor_parallel_size={mesh['tensor_parallel'].size()}"
             )
-        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        # FSDP2Strategy (lit_ortho.distributed) adds: a hybrid-shard mesh, CPU offload, reshard_after_forward
+        options = dict(getattr(self._strategy(), "fsdp2_options", None) or {})
+        dp_mesh = options.pop("mesh", None) or (mesh["data_parallel"] if "data_parallel" in names else mesh)
+        reshard = options.pop("reshard_after_forward", True)
         param_dtype = self._param_dtype()
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         fp32_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
@@ -212,14 +260,15 @@ class OrthoModule(L.LightningModule):
         for i, unit in enumerate(units):
             if param_dtype is not None:
                 for module in _learnable_activations(unit):
-                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy)
+                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy, reshard_after_forward=reshard, **options)
             # the last unit's parameters are needed again right away in backward: keep them gathered
-            fully_shard(unit, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=i < len(units) - 1)
+            fully_shard(unit, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard and i < len(units) - 1, **options)
         if param_dtype is not None:
             for module in _learnable_activations(self.model):
                 if not _is_sharded(module):
-                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy)
-        fully_shard(self.model, mesh=dp_mesh, mp_policy=policy)
+                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy, reshard_after_forward=reshard, **options)
+        # root (embeddings, final norm, tied head): torch's default keeps it gathered from forward to backward
+        fully_shard(self.model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=None if reshard else False, **options)
 
 
 def _learnable_activations(module: nn.Module) -> Iterable[nn.Module]:
@@ -232,3 +281,9 @@ def _is_sharded(module: nn.Module) -> bool:
     except ImportError:  # torch < 2.6
         from torch.distributed._composable.fsdp import FSDPModule
     return isinstance(module, FSDPModule)
+
+
+def _is_fsdp1(module: Optional[nn.Module]) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
