@@ -303,3 +303,14 @@ def test_convnext_trains_on_digits_and_reloads_without_the_pretrained_file(tmp_p
     images = torch.randn(2, 3, 32, 32)
     module.eval(), reloaded.eval()
     torch.testing.assert_close(reloaded(images), module(images))
+
+
+def test_validate_before_fit_leaves_metrics_usable(tmp_path):
+    """validate() runs under inference mode; the fit that follows must still update its metrics."""
+    torch.manual_seed(0)
+    model = _small_gpt()
+    data = TextDataModule(seq_length=32, batch_size=4)
+    first = _trainer(tmp_path, limit_val_batches=2).validate(model, data, verbose=False)[0]["val/loss"]
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=2, val_check_interval=2)
+    trainer.fit(model, data)
+    assert math.isfinite(first) and math.isfinite(float(trainer.callback_metrics["val/loss"]))

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 from lit_ortho.activations import LearnableActivation
 
@@ -150,6 +151,20 @@ class OrthoModule(L.LightningModule):
         raise NotImplementedError
 
     # ---- optimisation ----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._fresh_metric_states()
+
+    def on_test_epoch_start(self) -> None:
+        self._fresh_metric_states()
+
+    def _fresh_metric_states(self) -> None:
+        """Start each evaluation epoch from new metric states. States reset under ``Trainer.validate``'s
+        inference mode are inference tensors, which a later ``fit``'s validation (no_grad only) cannot
+        update in place ("Inplace update to inference tensor outside InferenceMode")."""
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.weight_decay, ndims=self._param_ndims)
