@@ -144,21 +144,13 @@ class ActivationVarianceMonitor(VarianceMonitor):
         assert self._probe is not None
         return self._probe.calls.names([layer.name for layer in self._layers])
 
+    @override
     def _release(self) -> None:
         if self._probe is not None:
             self._probe.detach()
         self._collecting = None
 
     @override
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._release()
-
-    @override
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        self._release()
-
-    @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        self._release()
+        super().teardown(trainer, pl_module, stage)  # waits for pictures, detaches hooks
         self._probe, self._layers = None, []

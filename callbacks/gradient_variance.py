@@ -218,6 +218,7 @@ class GradientVarianceMonitor(VarianceMonitor):
             Series("activation_grad_gain", per_layer(readout.gain("grad_in", "grad_out"))),
         ]
 
+    @override
     def _release(self) -> None:
         self._owner_order.detach()
         if self._probe is not None:
@@ -225,15 +226,6 @@ class GradientVarianceMonitor(VarianceMonitor):
         self._collecting = None
 
     @override
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._release()
-
-    @override
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        self._release()
-
-    @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        self._release()
+        super().teardown(trainer, pl_module, stage)  # waits for pictures, detaches hooks
         self._probe, self._layers, self._params = None, [], []

@@ -160,9 +160,21 @@ class VarianceMonitor(Callback):
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._images.wait()
 
+    def _release(self) -> None:
+        """Detach this monitor's hooks and drop a half-collected step; subclasses own the hooks."""
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._release()
+
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._images.wait()
+        self._release()
 
     # ---- checkpointing -----------------------------------------------------------------------------------
     @override
