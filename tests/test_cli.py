@@ -1,7 +1,6 @@
 """The lit-ortho command: every config parses and instantiates, the CPU configs train, log, checkpoint,
 resume exactly and reload; prepare-text / prepare-images work and fail clearly."""
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -18,15 +17,7 @@ ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 CPU_CONFIGS = {"gpt2_cpu.yaml", "convnext_cpu.yaml"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    old = os.environ.get("LIT_ORTHO_CACHE")
-    os.environ["LIT_ORTHO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["LIT_ORTHO_CACHE"])
-    if old is None:
-        os.environ.pop("LIT_ORTHO_CACHE")
-    else:
-        os.environ["LIT_ORTHO_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("cache")  # a temp LIT_ORTHO_CACHE (tests/conftest.py)
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

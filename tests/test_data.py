@@ -3,7 +3,6 @@
 import gzip
 import io
 import json
-import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -25,15 +24,7 @@ from lit_ortho.data import (
 from lit_ortho.data.text import in_validation
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    old = os.environ.get("LIT_ORTHO_CACHE")
-    os.environ["LIT_ORTHO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["LIT_ORTHO_CACHE"])
-    if old is None:
-        os.environ.pop("LIT_ORTHO_CACHE")
-    else:
-        os.environ["LIT_ORTHO_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("cache")  # a temp LIT_ORTHO_CACHE (tests/conftest.py)
 
 
 def _token_stream(directory):

@@ -47,21 +47,13 @@ STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A shared LIT_ORTHO_CACHE with the built-in corpus prepared once (not raced by the two nodes)."""
-    import os
-
+def cache(cache):
+    """The module's LIT_ORTHO_CACHE (tests/conftest.py) with the built-in corpus prepared once, so the
+    two nodes do not race to prepare it."""
     from lit_ortho.data import TextDataModule
 
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("LIT_ORTHO_CACHE")
-    os.environ["LIT_ORTHO_CACHE"] = str(path)
     TextDataModule(tokenizer="byte").prepare_data()
-    yield str(path)
-    if old is None:
-        os.environ.pop("LIT_ORTHO_CACHE")
-    else:
-        os.environ["LIT_ORTHO_CACHE"] = old
+    return str(cache)
 
 
 def _mean_over_ranks(out: Path, world: int) -> list[float]:

@@ -20,15 +20,7 @@ from lit_ortho.modules import ConvNeXtModule, GPT2Module, WarmupCosine, paramete
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    old = os.environ.get("LIT_ORTHO_CACHE")
-    os.environ["LIT_ORTHO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield os.environ["LIT_ORTHO_CACHE"]
-    if old is None:
-        os.environ.pop("LIT_ORTHO_CACHE")
-    else:
-        os.environ["LIT_ORTHO_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("cache")  # a temp LIT_ORTHO_CACHE (tests/conftest.py)
 
 
 def _trainer(tmp_path, **kw):
@@ -225,7 +217,7 @@ def test_two_processes_ddp_and_fsdp2(tmp_path, kind, cache):
     # a fresh launch: drop what an earlier in-process distributed run left in the environment
     launch_vars = {"MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
     env = {k: v for k, v in os.environ.items() if k not in launch_vars and not k.startswith(("PL_", "TORCHELASTIC"))}
-    env.update(PYTHONPATH=str(REPO), LIT_ORTHO_CACHE=cache, OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(REPO), LIT_ORTHO_CACHE=str(cache), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(script), kind, str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
