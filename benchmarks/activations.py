@@ -3,6 +3,7 @@
     python benchmarks/activations.py                       # CPU, fp32, 2 threads, 6.3 M elements
     python benchmarks/activations.py --numel 1000000 --no-torchortho
     python benchmarks/activations.py --compile --shape 12288x3072      # CPU, torch.compile'd, vs compiled GELU
+    python benchmarks/activations.py --compile --shape 12288x3072 --per-channel   # [C, K] coefficients
     python benchmarks/activations.py --device cuda         # GPU: GPT-2-small MLP shape, bf16
 
 CPU (default): time ratio and saved-for-backward-bytes ratio to nn.GELU, for ours (backend "auto",
@@ -101,6 +102,11 @@ def torchortho_module(family: str, degree: int):
     return cls(degree)
 
 
+def spec(args, family: str, degree: int, shape) -> dict:
+    """Our activation: shared coefficients, or ``--per-channel`` ones along the last dim."""
+    return {"name": family, "degree": degree, "per_channel": shape[-1] if args.per_channel else None}
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.lower().replace("*", "x").split("x"))
 
@@ -121,13 +127,14 @@ def cpu_table(args, shape) -> None:
     dtype = getattr(torch, args.dtype or "float32")
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     numel = x.numel()
-    use_reference = have_torchortho(not args.no_torchortho and not args.compile)
+    use_reference = have_torchortho(not args.no_torchortho and not args.compile and not args.per_channel)
     wrap = (lambda m: torch.compile(m, fullgraph=True)) if args.compile else (lambda m: m)  # noqa: E731
     warmup = 2 if args.compile else 1
 
     gelu = wrap(nn.GELU())
     gelu_time, gelu_bytes = step_time(gelu, x, args.repeats, warmup), saved_bytes(gelu, x)
     mode = "torch.compile'd (inductor)" if args.compile else "eager"
+    mode += ", per-channel coefficients" if args.per_channel else ""
     print(f"CPU {args.dtype or 'float32'}, {args.threads} threads, {numel:,} elements {tuple(shape)}, forward+backward, "
           f"{mode}; nn.GELU: {gelu_time * 1e3:.1f} ms, {gelu_bytes / 2**20:.1f} MiB saved")
     header = f"{'family':<18} {'degree':>6} {'ours time':>10} {'ours mem':>9}"
@@ -136,7 +143,7 @@ def cpu_table(args, shape) -> None:
     print(header)
     print("-" * len(header))
     for family, degree in CASES:
-        ours = wrap(lit_ortho.build_activation({"name": family, "degree": degree}))
+        ours = wrap(lit_ortho.build_activation(spec(args, family, degree, shape)))
         ours_time = step_time(ours, x, args.repeats, warmup)
         # GELU timed again next to each family: on a shared machine the ratio then compares like with like
         gelu_time = statistics.median([gelu_time, step_time(gelu, x, args.repeats, 0)])
@@ -157,7 +164,7 @@ def cuda_table(args, shape) -> None:
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(shape, device=device, dtype=dtype)
-    use_reference = have_torchortho(not args.no_torchortho)
+    use_reference = have_torchortho(not args.no_torchortho and not args.per_channel)
 
     def measure(module):
         module = module.to(device)
@@ -182,7 +189,7 @@ def cuda_table(args, shape) -> None:
             if col == "torchortho":
                 module = torchortho_module(family, degree)
             else:
-                module = lit_ortho.build_activation({"name": family, "degree": degree, "backend": col})
+                module = lit_ortho.build_activation({**spec(args, family, degree, shape), "backend": col})
             try:
                 t, peak = measure(module)
                 row += f" {t / gelu_time:>15.2f}x {peak / gelu_peak:>15.2f}x"
@@ -204,8 +211,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 5 CPU, 20 CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile ours and GELU (fullgraph=True)")
+    parser.add_argument("--per-channel", action="store_true",
+                        help="ours with per-channel coefficients along the last dim (torchortho has none: it is skipped)")
     parser.add_argument("--no-torchortho", action="store_true", help="skip the reference library")
     args = parser.parse_args()
+    if args.per_channel and (args.shape is None or len(parse_shape(args.shape)) < 2):
+        parser.error("--per-channel needs a --shape with a channel dim last, e.g. --shape 12288x3072")
     torch.manual_seed(0)
     if args.device == "cuda":
         args.repeats = args.repeats or 20

@@ -3,6 +3,7 @@ subprocess, under TRITON_INTERPRET=1) the Triton kernels of tests/test_kernels_t
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -183,6 +184,44 @@ def test_compile_fullgraph_inductor_mlp_matches_eager():
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item()))
+
+
+def _element_loops(code: str, numel: int) -> int:
+    """Parallel loops over all ``numel`` elements in inductor's generated C++."""
+    return len(re.findall(rf"#pragma omp for\s*\n\s*for\(int64_t x0=static_cast<int64_t>\(0L\); "
+                          rf"x0<static_cast<int64_t>\({numel}L\)", code))
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("family", ["fourier", "tropical"])
+def test_inductor_makes_one_pass_over_the_elements_each_way(family):
+    """The CPU cost of the compiled activation is set by how often it walks the tensor: forward one
+    loop; backward one loop computing dx and every coefficient sum together (for Fourier-5: five
+    sine/cosine pairs and 16 sums), not a second loop that recomputes the sines for dx."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    module = torch.compile(_module(family), fullgraph=True)
+    x = torch.randn(64, 96, requires_grad=True)
+    _, (forward, backward) = run_and_get_code(lambda: module(x).backward(torch.ones_like(x)))
+    assert (_element_loops(forward, x.numel()), _element_loops(backward, x.numel())) == (1, 1)
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
+def test_inductor_vectorises_per_channel_coefficients(family):
+    """Per-channel [C, K] coefficients along the last dim: each column must reach the loop as a
+    contiguous [C] vector. A strided column makes inductor fall back to a scalar loop (one element
+    per step), several times slower."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    module = torch.compile(_module(family, per_channel=96), fullgraph=True)
+    x = torch.randn(64, 96, requires_grad=True)
+    _, (forward, _) = run_and_get_code(lambda: module(x).backward(torch.ones_like(x)))
+    steps = re.findall(r"for\(int64_t x1=static_cast<int64_t>\(0L\); x1<static_cast<int64_t>\(96L\); "
+                       r"x1\+=static_cast<int64_t>\((\d+)L\)", forward)
+    assert steps and all(int(step) > 1 for step in steps), steps
 
 
 # ---- the Triton kernels, interpreted on CPU ---------------------------------------------------------

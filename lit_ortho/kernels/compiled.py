@@ -1,16 +1,21 @@
 """The eager math written for ``torch.compile`` (inductor), used when the eager backend is traced.
 
 Same functions and gradients as the autograd Functions in :mod:`lit_ortho.activations`, saving the
-same tensors (x and the coefficients), but shaped so that inductor fuses each direction into one
-loop and nothing breaks the graph:
+same tensors (x and the coefficients), but shaped so that inductor makes one pass over the elements
+in each direction and nothing breaks the graph:
 
 * tropical families: the coefficient gradients are K masked sums, not ``bincount`` (whose output
   shape depends on data: a graph break), and the argmax is tracked with ``where``;
 * Fourier: one range reduction to [-pi/2, pi/2] and two short polynomials give sin and cos
   together (float32: max abs error 1.5e-7, about one rounding), with no select or branch, instead
   of a full ``cos`` and ``sin`` call per term; float64 inputs keep ``torch.sin``/``torch.cos``.
+  The polynomials use inductor's fused multiply-add, and the backward computes dx inside the loop
+  of the 3K+1 coefficient sums rather than in a second loop that would recompute every sine;
+* per-channel ``[C, K]`` coefficients reach the loop as contiguous ``[C]`` columns, so it stays
+  vectorised.
 
-Hermite's eager Function already traces into single fused loops and is used as is.
+``tests/test_kernels.py`` checks the loop counts and the vectorisation in the generated C++.
+Hermite's eager Function already traces into fused loops and is used as is.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from lit_ortho.kernels.common import column, compute_dtype, reduce_channels
+from lit_ortho.kernels.common import channel_view, compute_dtype, reduce_channels
 
 __all__ = ["FUNCTIONS", "sincos", "cos"]
 
@@ -33,18 +38,28 @@ SIN_COEFFS = (1.0, -0.16666658222675323, 0.008333050645887852, -0.00019809075456
 COS_COEFFS = (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.476016197761055e-05, -2.605149518331018e-07)
 
 
+def fma(a, b, c):
+    """a * b + c. Inductor lowers this prim to a vector fused multiply-add; written as ``a * b + c``
+    its C++ backend keeps a multiply and an add (it compiles with -ffp-contract=off): the sine and
+    cosine polynomials below are chains of these, so this halves their instruction count."""
+    from torch._inductor import inductor_prims  # registers the prim; imported here, not with lit_ortho (2 s)
+
+    return inductor_prims.fma(a, b, c)
+
+
 def _reduce_pi(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """z = j pi + r with r in [-pi/2, pi/2]: (r, r^2, (-1)^j), all without branches or selects."""
-    j = torch.floor(z * _INV_PI + 0.5)
-    r = ((z - j * PI_PARTS[0]) - j * PI_PARTS[1]) - j * PI_PARTS[2]
-    sign = 1.0 - 2.0 * (j - 2.0 * torch.floor(j * 0.5))
+    j = torch.floor(fma(z, _INV_PI, 0.5))
+    r = fma(j, -PI_PARTS[2], fma(j, -PI_PARTS[1], fma(j, -PI_PARTS[0], z)))
+    half = j * 0.5
+    sign = fma(half - torch.floor(half), -4.0, 1.0)  # frac(j / 2) is 0 or 1/2
     return r, r * r, sign
 
 
 def _horner(t: Tensor, coeffs) -> Tensor:
-    acc = coeffs[-1]
-    for c in reversed(coeffs[:-1]):
-        acc = acc * t + c
+    acc = fma(t, coeffs[-1], coeffs[-2])
+    for c in reversed(coeffs[:-2]):
+        acc = fma(acc, t, c)
     return acc
 
 
@@ -54,7 +69,11 @@ def sincos(z: Tensor) -> tuple[Tensor, Tensor]:
     if z.dtype == torch.float64:
         return torch.sin(z), torch.cos(z)
     r, t, sign = _reduce_pi(z)
-    return sign * r * _horner(t, SIN_COEFFS), sign * _horner(t, COS_COEFFS)
+    return (sign * r) * _horner(t, SIN_COEFFS), sign * _horner(t, COS_COEFFS)
+
+
+def sin(z: Tensor) -> Tensor:
+    return sincos(z)[0]
 
 
 def cos(z: Tensor) -> Tensor:
@@ -62,6 +81,34 @@ def cos(z: Tensor) -> Tensor:
         return torch.cos(z)
     _, t, sign = _reduce_pi(z)
     return sign * _horner(t, COS_COEFFS)
+
+
+@torch.library.custom_op("lit_ortho::coefficient_columns", mutates_args=())
+def coefficient_columns(coef: Tensor) -> Tensor:
+    """``[C, K]`` per-channel coefficients as a materialised ``[K, C]`` tensor. A custom op because
+    inductor inlines a transpose or ``.contiguous()`` into its consumer: the vector loop would then
+    read each column with stride K, and inductor falls back to a scalar loop for such loads."""
+    return coef.t().clone(memory_format=torch.contiguous_format)
+
+
+@coefficient_columns.register_fake
+def _(coef: Tensor) -> Tensor:
+    return coef.new_empty((coef.shape[1], coef.shape[0]))
+
+
+def columns(coef: Tensor, x: Tensor, channel_dim: int) -> list[Tensor]:
+    """The K columns of a ``[K]`` or ``[C, K]`` coefficient tensor, each contiguous and shaped to
+    broadcast against ``x``."""
+    rows = coefficient_columns(coef) if coef.dim() == 2 else coef
+    return [channel_view(rows[k], x, channel_dim) for k in range(coef.shape[-1])]
+
+
+def reading(t: Tensor, elementwise: Tensor) -> Tensor:
+    """``t + 0 * elementwise``: ``t`` (while ``elementwise`` is finite) made to read ``elementwise``.
+    Inductor emits dx (a pointwise node) after the coefficient sums (reductions) and cannot fuse a
+    reduction with a later pointwise node, so dx would get a second loop over the elements that
+    recomputes everything; a sum that reads dx fuses dx's loop into its own (vertical fusion)."""
+    return t + 0.0 * elementwise
 
 
 def _inv_factorials(n: int) -> list[float]:
@@ -75,11 +122,10 @@ class _FourierCompiled(torch.autograd.Function):
         ctx.channel_dim = channel_dim
         dtype = compute_dtype(x)
         xf = x.to(dtype)
-        c, phi, w = amplitudes.to(dtype), phases.to(dtype), frequencies.to(dtype)
-        y = torch.zeros_like(xf) + column(bias.to(dtype), 0, xf, channel_dim)
+        c, phi, w = (columns(t.to(dtype), xf, channel_dim) for t in (amplitudes, phases, frequencies))
+        y = torch.zeros_like(xf) + columns(bias.to(dtype), xf, channel_dim)[0]
         for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
-            cos_z = cos(column(w, k, xf, channel_dim) * xf - column(phi, k, xf, channel_dim))
-            y = y + (column(c, k, xf, channel_dim) * inv_fact) * cos_z
+            y = fma(c[k] * inv_fact, cos(fma(w[k], xf, -phi[k])), y)
         return y.to(x.dtype)
 
     @staticmethod
@@ -88,35 +134,39 @@ class _FourierCompiled(torch.autograd.Function):
         dtype = compute_dtype(x)
         cd, per_channel = ctx.channel_dim, bias.dim() == 2
         xf, g = x.to(dtype), grad_out.to(dtype)
-        c, phi, w = amplitudes.to(dtype), phases.to(dtype), frequencies.to(dtype)
-        gx = g * xf
+        c, phi, w = (columns(t.to(dtype), xf, cd) for t in (amplitudes, phases, frequencies))
+        inv_facts = _inv_factorials(amplitudes.shape[-1])
+        angles = [fma(w[k], xf, -phi[k]) for k in range(len(inv_facts))]
         dydx = torch.zeros_like(xf)
+        for k, inv_fact in enumerate(inv_facts):
+            dydx = fma(c[k] * (-inv_fact) * w[k], sin(angles[k]), dydx)
+        grad_x = g * dydx
+        grad_bias = reduce_channels(reading(g, grad_x), per_channel, cd)
+        gx = g * xf
         grad_c, grad_phi, grad_w = [], [], []
-        for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
-            wk = column(w, k, xf, cd)
-            sin_z, cos_z = sincos(wk * xf - column(phi, k, xf, cd))
-            dydx = dydx - (column(c, k, xf, cd) * inv_fact * wk) * sin_z
+        for k, inv_fact in enumerate(inv_facts):
+            sin_z, cos_z = sincos(angles[k])
             grad_c.append(reduce_channels(g * cos_z, per_channel, cd) * inv_fact)
-            grad_phi.append(reduce_channels(g * sin_z, per_channel, cd) * c[..., k] * inv_fact)
-            grad_w.append(-reduce_channels(gx * sin_z, per_channel, cd) * c[..., k] * inv_fact)
-        grad_x = (g * dydx).to(x.dtype)
-        grad_bias = reduce_channels(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
+            grad_phi.append(reduce_channels(g * sin_z, per_channel, cd) * amplitudes[..., k].to(dtype) * inv_fact)
+            grad_w.append(-reduce_channels(gx * sin_z, per_channel, cd) * amplitudes[..., k].to(dtype) * inv_fact)
         stack = lambda t, ref: torch.stack(t, dim=-1).to(ref.dtype)  # noqa: E731
-        return grad_x, grad_bias, stack(grad_c, amplitudes), stack(grad_phi, phases), stack(grad_w, frequencies), None
+        return (grad_x.to(x.dtype), grad_bias.reshape(bias.shape).to(bias.dtype), stack(grad_c, amplitudes),
+                stack(grad_phi, phases), stack(grad_w, frequencies), None)
 
 
 def _max_plus(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
     """(max_k (s_k x + c_k), argmax as a float, slope of the argmax); the first maximum wins ties.
     ``slopes`` is None for the fixed slopes 0..K-1."""
-    slope = lambda k: float(k) if slopes is None else column(slopes, k, x, channel_dim)  # noqa: E731
-    best = slope(0) * x + column(intercepts, 0, x, channel_dim)
+    c = columns(intercepts, x, channel_dim)
+    s = [float(k) for k in range(K)] if slopes is None else columns(slopes, x, channel_dim)
+    best = s[0] * x + c[0]
     arg = torch.zeros_like(x)
-    win_slope = torch.zeros_like(x) + slope(0)
+    win_slope = torch.zeros_like(x) + s[0]
     for k in range(1, K):
-        cand = slope(k) * x + column(intercepts, k, x, channel_dim)
+        cand = s[k] * x + c[k]
         win = cand > best
         arg = torch.where(win, float(k), arg)
-        win_slope = torch.where(win, slope(k), win_slope)
+        win_slope = torch.where(win, s[k], win_slope)
         best = torch.maximum(best, cand)
     return best, arg, win_slope
 
