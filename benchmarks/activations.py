@@ -7,7 +7,7 @@
     python benchmarks/activations.py --device cuda         # GPU: GPT-2-small MLP shape, bf16
 
 CPU (default): time ratio and saved-for-backward-bytes ratio to nn.GELU, for ours (backend "auto",
-which is eager on CPU) and torchortho. ``--compile``: ours and GELU both ``torch.compile``'d
+which is eager on CPU) and torchortho; GELU and the measured module take turns step by step. ``--compile``: ours and GELU both ``torch.compile``'d
 (inductor); torchortho is left out.
 
 CUDA (``--device cuda``; default shape 12x1024 tokens x 3072 = GPT-2-small's MLP, bf16): for each
@@ -46,17 +46,19 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def step_time(module: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of one forward + backward (CPU), after ``warmup`` untimed steps."""
+def step_times(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 1) -> list[float]:
+    """Median seconds of one forward + backward (CPU) for each module, after ``warmup`` untimed steps.
+    The modules take turns, one step each per round, so drift on a shared machine hits all alike."""
     grad = torch.ones_like(x)
-    times = []
+    times: list[list[float]] = [[] for _ in modules]
     for i in range(repeats + warmup):
-        x.grad = None
-        start = time.perf_counter()
-        module(x).backward(grad)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for module, timings in zip(modules, times):
+            x.grad = None
+            start = time.perf_counter()
+            module(x).backward(grad)
+            if i >= warmup:
+                timings.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def cuda_step_time(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int = 3) -> float:
@@ -132,7 +134,8 @@ def cpu_table(args, shape) -> None:
     warmup = 2 if args.compile else 1
 
     gelu = wrap(nn.GELU())
-    gelu_time, gelu_bytes = step_time(gelu, x, args.repeats, warmup), saved_bytes(gelu, x)
+    gelu_time, = step_times([gelu], x, args.repeats, warmup)
+    gelu_bytes = saved_bytes(gelu, x)
     mode = "torch.compile'd (inductor)" if args.compile else "eager"
     mode += ", per-channel coefficients" if args.per_channel else ""
     print(f"CPU {args.dtype or 'float32'}, {args.threads} threads, {numel:,} elements {tuple(shape)}, forward+backward, "
@@ -144,15 +147,12 @@ def cpu_table(args, shape) -> None:
     print("-" * len(header))
     for family, degree in CASES:
         ours = wrap(lit_ortho.build_activation(spec(args, family, degree, shape)))
-        ours_time = step_time(ours, x, args.repeats, warmup)
-        # GELU timed again next to each family: on a shared machine the ratio then compares like with like
-        gelu_time = statistics.median([gelu_time, step_time(gelu, x, args.repeats, 0)])
+        gelu_time, ours_time = step_times([gelu, ours], x, args.repeats, warmup)
         row = f"{family:<18} {degree:>6} {ours_time / gelu_time:>9.2f}x {saved_bytes(ours, x) / gelu_bytes:>8.2f}x"
         if use_reference:
             ref = torchortho_module(family, degree)
-            repeats = max(1, args.repeats // 3)
-            row += (f" {step_time(ref, x, repeats) / gelu_time:>15.1f}x"
-                    f" {saved_bytes(ref, x) / gelu_bytes:>14.1f}x")
+            gelu_time, ref_time = step_times([gelu, ref], x, max(1, args.repeats // 3))
+            row += f" {ref_time / gelu_time:>15.1f}x {saved_bytes(ref, x) / gelu_bytes:>14.1f}x"
         print(row, flush=True)
 
 

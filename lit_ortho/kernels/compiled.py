@@ -103,7 +103,7 @@ def columns(coef: Tensor, x: Tensor, channel_dim: int) -> list[Tensor]:
     return [channel_view(rows[k], x, channel_dim) for k in range(coef.shape[-1])]
 
 
-def reading(t: Tensor, elementwise: Tensor) -> Tensor:
+def depends_on(t: Tensor, elementwise: Tensor) -> Tensor:
     """``t + 0 * elementwise``: ``t`` (while ``elementwise`` is finite) made to read ``elementwise``.
     Inductor emits dx (a pointwise node) after the coefficient sums (reductions) and cannot fuse a
     reduction with a later pointwise node, so dx would get a second loop over the elements that
@@ -141,7 +141,7 @@ class _FourierCompiled(torch.autograd.Function):
         for k, inv_fact in enumerate(inv_facts):
             dydx = fma(c[k] * (-inv_fact) * w[k], sin(angles[k]), dydx)
         grad_x = g * dydx
-        grad_bias = reduce_channels(reading(g, grad_x), per_channel, cd)
+        grad_bias = reduce_channels(depends_on(g, grad_x), per_channel, cd)
         gx = g * xf
         grad_c, grad_phi, grad_w = [], [], []
         for k, inv_fact in enumerate(inv_facts):
