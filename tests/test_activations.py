@@ -230,7 +230,7 @@ def test_hermite_fit_is_the_least_squares_solution():
     def objective(coefficients):
         y = module.function(x, coefficients)
         (dy,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-        return float((w * ((y - gx.detach()) ** 2 + (dy - dg) ** 2)).sum())
+        return float((w * ((y - gx.detach()) ** 2 + (dy - dg) ** 2)).sum().detach())
 
     best = module.coefficients.detach().clone()
     base = objective(best)
