@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_ortho import kernels
-from lit_ortho.kernels.common import column, compute_dtype, reduce_channels
+from lit_ortho.kernels.common import column, compute_dtype, inverse_factorials, reduce_channels
 
 __all__ = [
     "LearnableActivation",
@@ -75,11 +75,6 @@ def _hermite_basis(x: Tensor, n: int):
         he_prev, he = he, he_next
 
 
-def _inverse_factorials(n: int) -> list[float]:
-    """[1/0!, 1/1!, ..., 1/n!]"""
-    return [1.0 / math.factorial(k) for k in range(n + 1)]
-
-
 def _as_tensor(values: list[float], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
@@ -94,7 +89,7 @@ def _dot(g: Tensor, h: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
 def hermite_forward(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
     """Evaluate sum_k a_k He_k(x)/k! by the three-term recurrence (x in its compute dtype)."""
     n = coefficients.shape[-1] - 1  # >= 1
-    a = _Columns(coefficients * _as_tensor(_inverse_factorials(n), coefficients), x, channel_dim)
+    a = _Columns(coefficients * _as_tensor(inverse_factorials(n), coefficients), x, channel_dim)
     y = x * a[1]
     y.add_(a[0])
     for k, he in enumerate(_hermite_basis(x, n), start=2):
@@ -117,7 +112,7 @@ class _HermiteFunction(torch.autograd.Function):
         xf, g = x.to(dtype), grad_out.to(dtype)
         cd, per_channel = ctx.channel_dim, coefficients.dim() == 2
         n = coefficients.shape[-1] - 1
-        inv_fact = _as_tensor(_inverse_factorials(n), xf)
+        inv_fact = _as_tensor(inverse_factorials(n), xf)
         # dF/da_k = He_k/k!;  dF/dx = sum_{k>=1} a_k He_{k-1}/(k-1)!.
         slope = _Columns(coefficients.to(dtype)[..., 1:] * inv_fact[:-1], xf, cd)
         raw = [reduce_channels(g, per_channel, cd), _dot(g, xf, per_channel, cd)]  # sum g He_k, k = 0, 1
@@ -146,7 +141,7 @@ class _FourierFunction(torch.autograd.Function):
         phi = _Columns(phases.to(dtype), xf, channel_dim)
         w = _Columns(frequencies.to(dtype), xf, channel_dim)
         y = torch.zeros_like(xf) + _Columns(bias.to(dtype), xf, channel_dim)[0]
-        for k, inv_fact in enumerate(_inverse_factorials(amplitudes.shape[-1])[1:]):
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
             y = y + (c[k] * inv_fact) * torch.cos(w[k] * xf - phi[k])
         return y.to(x.dtype)
 
@@ -162,7 +157,7 @@ class _FourierFunction(torch.autograd.Function):
         dydx = torch.zeros_like(xf)
         grad_c, grad_phi, grad_w = [], [], []
         gx = g * xf
-        for k, inv_fact in enumerate(_inverse_factorials(amplitudes.shape[-1])[1:]):
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
             z = w[k] * xf - phi[k]
             cos_z, sin_z = torch.cos(z), torch.sin(z)
             ck = c[k] * inv_fact

@@ -186,6 +186,16 @@ def test_compile_fullgraph_inductor_mlp_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item()))
 
 
+def _generated_cpp(module, x) -> tuple[str, str]:
+    """The C++ inductor writes for one forward and one backward of ``module`` compiled (fullgraph)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    compiled_module = torch.compile(module, fullgraph=True)
+    _, (forward, backward) = run_and_get_code(lambda: compiled_module(x).backward(torch.ones_like(x)))
+    return forward, backward
+
+
 def _passes(code: str, rows: int, cols: int) -> int:
     """Loops in inductor's generated C++ that walk all rows x cols elements: flat (x0 over every
     element) or row by row (an inner x1 loop over the cols of each row)."""
@@ -201,12 +211,8 @@ def test_inductor_makes_one_pass_over_the_elements_each_way(family):
     pass; backward one pass computing dx and every coefficient sum together (for Fourier-5: five
     sine/cosine pairs and 16 sums), not a second pass that recomputes the sines for dx. Fourier sums
     row by row, so inductor needs no cascade-summation helper (a memory update per vector and sum)."""
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    module = torch.compile(_module(family), fullgraph=True)
     x = torch.randn(64, 96, requires_grad=True)  # 6144 elements: above inductor's 4096 for the helper
-    _, (forward, backward) = run_and_get_code(lambda: module(x).backward(torch.ones_like(x)))
+    forward, backward = _generated_cpp(_module(family), x)
     assert (_passes(forward, 64, 96), _passes(backward, 64, 96)) == (1, 1)
     if family == "fourier":
         assert "CascadeSumHelper" not in backward
@@ -218,12 +224,7 @@ def test_inductor_vectorises_per_channel_coefficients(family):
     """Per-channel [C, K] coefficients along the last dim: each column must reach the loop as a
     contiguous [C] vector. A strided column makes inductor fall back to a scalar loop (one element
     per step), several times slower."""
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    module = torch.compile(_module(family, per_channel=96), fullgraph=True)
-    x = torch.randn(64, 96, requires_grad=True)
-    _, (forward, _) = run_and_get_code(lambda: module(x).backward(torch.ones_like(x)))
+    forward, _ = _generated_cpp(_module(family, per_channel=96), torch.randn(64, 96, requires_grad=True))
     steps = re.findall(r"for\(int64_t x1=static_cast<int64_t>\(0L\); x1<static_cast<int64_t>\(96L\); "
                        r"x1\+=static_cast<int64_t>\((\d+)L\)", forward)
     assert steps and all(int(step) > 1 for step in steps), steps

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+
+def inverse_factorials(n: int) -> list[float]:
+    """[1/0!, 1/1!, ..., 1/n!]: the Hermite basis normalisation and the Fourier term weights."""
+    return [1.0 / math.factorial(k) for k in range(n + 1)]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from lit_ortho.kernels.common import channel_view, compute_dtype, reduce_channels
+from lit_ortho.kernels.common import channel_view, compute_dtype, inverse_factorials, reduce_channels
 
 __all__ = ["FUNCTIONS", "sincos", "cos"]
 
@@ -72,10 +72,6 @@ def sincos(z: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sin(z), torch.cos(z)
     r, t, sign = _reduce_pi(z)
     return (sign * r) * _horner(t, SIN_COEFFS), sign * _horner(t, COS_COEFFS)
-
-
-def sin(z: Tensor) -> Tensor:
-    return sincos(z)[0]
 
 
 def cos(z: Tensor) -> Tensor:
@@ -123,10 +119,6 @@ def sums_by_rows(x: Tensor, per_channel: bool) -> bool:
     return not per_channel and x.dim() >= 2 and 1 < x.shape[-1] <= ROW_SUM_LIMIT
 
 
-def _inv_factorials(n: int) -> list[float]:
-    return [1.0 / math.factorial(k) for k in range(1, n + 1)]
-
-
 class _FourierCompiled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
@@ -136,7 +128,7 @@ class _FourierCompiled(torch.autograd.Function):
         xf = x.to(dtype)
         c, phi, w = (columns(t.to(dtype), xf, channel_dim) for t in (amplitudes, phases, frequencies))
         y = torch.zeros_like(xf) + columns(bias.to(dtype), xf, channel_dim)[0]
-        for k, inv_fact in enumerate(_inv_factorials(amplitudes.shape[-1])):
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
             y = fma(c[k] * inv_fact, cos(fma(w[k], xf, -phi[k])), y)
         return y.to(x.dtype)
 
@@ -147,11 +139,11 @@ class _FourierCompiled(torch.autograd.Function):
         cd, per_channel = ctx.channel_dim, bias.dim() == 2
         xf, g = x.to(dtype), grad_out.to(dtype)
         c, phi, w = (columns(t.to(dtype), xf, cd) for t in (amplitudes, phases, frequencies))
-        inv_facts = _inv_factorials(amplitudes.shape[-1])
-        angles = [fma(w[k], xf, -phi[k]) for k in range(len(inv_facts))]
+        inv_facts = inverse_factorials(amplitudes.shape[-1])[1:]
+        trig = [sincos(fma(w[k], xf, -phi[k])) for k in range(len(inv_facts))]  # (sin z_k, cos z_k)
         dydx = torch.zeros_like(xf)
         for k, inv_fact in enumerate(inv_facts):
-            dydx = fma(c[k] * (-inv_fact) * w[k], sin(angles[k]), dydx)
+            dydx = fma(c[k] * (-inv_fact) * w[k], trig[k][0], dydx)
         grad_x = g * dydx
         if sums_by_rows(xf, per_channel):
             # the row sums are 2-D loops (rows x last dim): dx must read a per-row value, or inductor
@@ -166,11 +158,11 @@ class _FourierCompiled(torch.autograd.Function):
         grad_bias = total(g + zero_reading(grad_x))
         gx = g * xf
         grad_c, grad_phi, grad_w = [], [], []
-        for k, inv_fact in enumerate(inv_facts):
-            sin_z, cos_z = sincos(angles[k])
+        for k, ((sin_z, cos_z), inv_fact) in enumerate(zip(trig, inv_facts)):
+            weight = amplitudes[..., k].to(dtype) * inv_fact
             grad_c.append(total(g * cos_z) * inv_fact)
-            grad_phi.append(total(g * sin_z) * amplitudes[..., k].to(dtype) * inv_fact)
-            grad_w.append(-total(gx * sin_z) * amplitudes[..., k].to(dtype) * inv_fact)
+            grad_phi.append(total(g * sin_z) * weight)
+            grad_w.append(-total(gx * sin_z) * weight)
         stack = lambda t, ref: torch.stack(t, dim=-1).to(ref.dtype)  # noqa: E731
         return (grad_x.to(x.dtype), grad_bias.reshape(bias.shape).to(bias.dtype), stack(grad_c, amplitudes),
                 stack(grad_phi, phases), stack(grad_w, frequencies), None)
