@@ -126,7 +126,7 @@ def learnable_activations(module: torch.nn.Module) -> list[tuple[str, torch.nn.M
 def activation_curves(pl_module: torch.nn.Module) -> dict[str, dict[str, list[float]]]:
     """F(x), F'(x) on the shape grid and the Gaussian gains of every learnable activation."""
     from callbacks.activation_shape import evaluate_curve, full_parameters
-    from lit_ortho.fitting import gaussian_gains
+    from lit_ortho.activations.init import gaussian_gains
 
     x = torch.linspace(SHAPE_GRID[0], SHAPE_GRID[1], int(SHAPE_GRID[2]))
     curves = {}

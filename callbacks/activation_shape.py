@@ -1,9 +1,14 @@
-"""ActivationShapeMonitor: pictures of each lit_ortho activation's learned curve F(x) and its derivative."""
+"""ActivationShapeMonitor: pictures of each learnable activation's learned curve F(x) and its derivative.
+
+Learnable activations are the modules implementing :class:`callbacks.protocol.SelfRecordingActivation`
+(lit_ortho's among them); they are evaluated as they are, and their Gaussian gains computed here.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Optional
@@ -19,9 +24,13 @@ from lightning.pytorch.callbacks import Callback
 from callbacks import plots, reporting
 from callbacks.monitor import _check_count
 from callbacks.probes import ModuleOrderProbe
+from callbacks.protocol import is_self_recording_activation
 from callbacks.selection import named_modules
-from lit_ortho.activations import LearnableActivation
-from lit_ortho.fitting import gaussian_gains
+from callbacks.steps import batches_that_stepped, ends_optimizer_step, is_logging_step
+
+# The Gaussian-gain quadrature: trapezoid rule on a fine float64 grid over [-12, 12] (exact to ~1e-9, also
+# for functions with kinks, where Gauss-Hermite quadrature would not be).
+GAIN_RANGE, GAIN_POINTS = 12.0, 240_001
 
 
 def _full(t: Tensor) -> Tensor:
@@ -34,14 +43,20 @@ def _device(params: dict[str, Tensor]) -> torch.device:
     return next(iter(params.values())).device if params else torch.device("cpu")
 
 
-def _grid_input(x: Tensor, module: LearnableActivation) -> Tensor:
+def _channels(module: nn.Module) -> tuple[Optional[int], int]:
+    """(channel count or ``None`` for one shared function, channel dimension): the protocol's optional
+    ``per_channel`` and ``channel_dim`` attributes."""
+    return getattr(module, "per_channel", None), int(getattr(module, "channel_dim", -1))
+
+
+def _grid_input(x: Tensor, module: nn.Module) -> Tensor:
     """``x`` shaped so a per-channel activation sees every channel: ``[points, C]`` along ``channel_dim``."""
-    if module.per_channel is None:
+    channels, cd = _channels(module)
+    if channels is None:
         return x
-    cd = module.channel_dim
     ndim = max(2, cd + 1 if cd >= 0 else -cd)
     shape = [1] * ndim
-    shape[cd] = module.per_channel
+    shape[cd] = channels
     points_dim = next(d for d in range(ndim) if d != cd % ndim)
     view = [1] * ndim
     view[points_dim] = x.numel()
@@ -62,26 +77,47 @@ def evaluate_curve(module: nn.Module, params: dict[str, Tensor], x: Tensor) -> t
         y = torch.func.functional_call(module, params, (grid,))
         (dy,) = torch.autograd.grad(y.sum(), grid)
 
+    channels, channel_dim = _channels(module)
+
     def per_channel(t: Tensor) -> Tensor:
-        if getattr(module, "per_channel", None) is None:
+        if channels is None:
             return t.detach().reshape(1, -1)
-        cd = module.channel_dim % t.dim()
-        return t.detach().movedim(cd, 0).reshape(module.per_channel, -1)
+        return t.detach().movedim(channel_dim % t.dim(), 0).reshape(channels, -1)
 
     return per_channel(y).double().cpu(), per_channel(dy).double().cpu()
 
 
+def gaussian_gains(module: nn.Module, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """E[F], E[F^2] (forward gain) and E[F'^2] (backward gain) under x ~ N(0, 1) of the activation ``module``
+    with parameters ``params``, one value per channel (``[channels]``, float64): the trapezoid rule with the
+    N(0, 1) density on a float64 grid of ``GAIN_POINTS`` points over [-GAIN_RANGE, GAIN_RANGE], F' by autograd."""
+    x = torch.linspace(-GAIN_RANGE, GAIN_RANGE, GAIN_POINTS, dtype=torch.float64)
+    y, dy = evaluate_curve(module, params, x)
+    density = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def integrate(f: Tensor) -> Tensor:
+        return torch.trapezoid(f * density, x, dim=-1)
+
+    return {"mean": integrate(y), "forward_gain": integrate(y * y), "backward_gain": integrate(dy * dy)}
+
+
 class ActivationShapeMonitor(Callback):
-    r"""Draws every lit_ortho activation's learned curve F(x) and derivative F'(x) on ``x_range`` (one
+    r"""Draws every learnable activation's learned curve F(x) and derivative F'(x) on ``x_range`` (one
     line per layer, coloured by depth (forward order, learned on the first step), GELU dashed for
     reference; per-channel activations show the channel
     mean and a min-max band) as ``activation_shape/curves``, and logs each layer's gains under
     x ~ N(0, 1), E[F(x)^2] and E[F'(x)^2] (the quantities the variance-preserving init sets to 1), as
     ``activation_shape_forward_gain/<layer>`` and ``activation_shape_backward_gain/<layer>``.
 
+    Learnable activations are the modules implementing :class:`callbacks.protocol.SelfRecordingActivation`
+    (lit_ortho's do); they must be element-wise. Steps follow the variance monitors' convention
+    (:mod:`callbacks.steps`): the curves are drawn after each optimizer step that Lightning would log with
+    ``log_every_n_steps=every_n_steps``, at the number of steps taken (the picture at step N shows the
+    parameters after N steps, those the values logged at step N were computed with).
+
     Args:
         every_n_steps: draw every this many optimizer steps; ``None`` means 10 x ``Trainer(log_every_n_steps)``.
-        modules: globs choosing which lit_ortho activations to draw (all by default).
+        modules: globs choosing which learnable activations to draw (all by default).
         x_range, num_points: the grid F is evaluated on.
         log_at_start: also draw the initial curves, before the first step.
     """
@@ -102,7 +138,7 @@ class ActivationShapeMonitor(Callback):
         self.x_range = (float(x_range[0]), float(x_range[1]))
         self.num_points, self.log_at_start = num_points, log_at_start
         self._every = every_n_steps or 1
-        self._layers: list[tuple[str, LearnableActivation]] = []
+        self._layers: list[tuple[str, nn.Module]] = []
         self._last_step: Optional[int] = None
         self._order: Optional[ModuleOrderProbe] = None
         self._images = reporting.BackgroundImages()
@@ -119,16 +155,16 @@ class ActivationShapeMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        candidates = [(name, m) for name, m in named_modules(pl_module) if isinstance(m, LearnableActivation)]
+        candidates = [(name, m) for name, m in named_modules(pl_module) if is_self_recording_activation(m)]
         if not candidates:
             raise ValueError(
-                "ActivationShapeMonitor draws lit_ortho activations (lit_ortho.activations.LearnableActivation) "
-                "and the model has none"
+                "ActivationShapeMonitor draws learnable activations (modules implementing "
+                "callbacks.protocol.SelfRecordingActivation, such as lit_ortho's) and the model has none"
             )
         for pattern in self.modules:
             if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in candidates):
                 raise ValueError(
-                    f"Module glob {pattern!r} matches no lit_ortho activation; they are: {[n for n, _ in candidates]}"
+                    f"Module glob {pattern!r} matches no learnable activation; they are: {[n for n, _ in candidates]}"
                 )
         self._layers = [
             (name, m)
@@ -155,17 +191,17 @@ class ActivationShapeMonitor(Callback):
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.log_at_start:
-            self._draw(trainer, trainer.global_step)
+            self._draw(trainer, batches_that_stepped(trainer))
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
-        if not trainer.fit_loop._should_accumulate() and trainer.global_step % self._every == 0:
-            self._draw(trainer, trainer.global_step)
+        if ends_optimizer_step(trainer) and is_logging_step(trainer, self._every):
+            self._draw(trainer, batches_that_stepped(trainer) + 1)  # the count is raised after this hook
 
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._draw(trainer, trainer.global_step)
+        self._draw(trainer, batches_that_stepped(trainer))
         self._images.wait()
 
     @override
@@ -176,7 +212,7 @@ class ActivationShapeMonitor(Callback):
 
     def _draw(self, trainer: "pl.Trainer", step: int) -> None:
         """All ranks evaluate (gathering FSDP shards is collective); rank 0 logs. ``step`` counts optimizer
-        steps taken, so the picture at step N shows the parameters after N updates."""
+        steps taken (Lightning's logging step), so the picture at step N shows the parameters after N updates."""
         if step == self._last_step or not self._layers:
             return
         self._last_step = step
@@ -189,10 +225,10 @@ class ActivationShapeMonitor(Callback):
         names = [name for name, _ in self._layers]
         scalars = {}
         for (name, module), p in zip(self._layers, params):
-            if module.per_channel is None:  # per-channel modules have one pair of gains per channel: not logged
-                gains = gaussian_gains(lambda t, m=module, p=p: torch.func.functional_call(m, p, (t.to(_device(p)),)))
-                scalars[f"activation_shape_forward_gain/{name}"] = gains["forward_gain"]
-                scalars[f"activation_shape_backward_gain/{name}"] = gains["backward_gain"]
+            if _channels(module)[0] is None:  # per-channel modules have one pair of gains per channel: not logged
+                gains = gaussian_gains(module, p)
+                scalars[f"activation_shape_forward_gain/{name}"] = float(gains["forward_gain"][0])
+                scalars[f"activation_shape_backward_gain/{name}"] = float(gains["backward_gain"][0])
         reporting.log_scalars(trainer, scalars, step)
         xs = x.double().numpy()
         if not reporting.any_logger_takes_images(trainer):

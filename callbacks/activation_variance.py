@@ -10,7 +10,8 @@ from typing_extensions import override
 
 import lightning.pytorch as pl
 
-from callbacks.monitor import Series, VarianceMonitor, batches_that_stepped
+from callbacks.monitor import Series, VarianceMonitor
+from callbacks.steps import batches_that_stepped, ends_optimizer_step
 from callbacks.probes import ActivationProbe
 from callbacks.selection import ModuleType, WatchedModule, select_modules, usable_layers
 from callbacks.statistics import LayerMoments, data_parallel_group
@@ -23,24 +24,27 @@ class ActivationVarianceMonitor(VarianceMonitor):
 
     Statistics are exact under DDP/FSDP: every rank sums (count, sum, sum of squares) in float64 and one
     ``all_reduce`` adds them up before the variance is taken. Hooks exist only during the forward pass of
-    a logging step; works with bf16-mixed, activation checkpointing, and ``torch.compile`` (lit_ortho
-    activations only: they keep their own sums there).
+    a logging step; works with bf16-mixed, activation checkpointing, and ``torch.compile`` (there only for
+    activations that keep their own sums: :class:`callbacks.protocol.SelfRecordingActivation`, e.g.
+    lit_ortho's).
 
     Logged: ``activation_variance/<layer>``, ``activation_mean/<layer>``, ``activation_gain/<layer>``
     (and ``activation_nonfinite/<layer>``), a TensorBoard custom-scalars chart per layer kind, and every
     ``image_every_n_steps`` an ``activation_variance/by_depth`` picture.
 
     Args:
-        every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
         modules: extra modules to watch, by glob on their name (``"blocks.*.mlp.c_fc"``); wrapper parts
             (``_fsdp_wrapped_module.`` ...) are not part of names.
         module_types: extra module classes to watch: classes, ``torch.nn`` names (``"Linear"``), import paths
             or names of classes in the model.
-        include_activations: watch every activation module (``nn.GELU``, ``nn.ReLU``, ... and lit_ortho's).
+        include_activations: watch every activation module (``nn.GELU``, ``nn.ReLU``, ..., timm's and those
+            implementing :class:`callbacks.protocol.SelfRecordingActivation`, such as lit_ortho's).
         log_mean, log_gain: also log the output mean / the gain var(out)/var(in).
         log_nonfinite: also log the fraction of non-finite output values (one more pass over each output).
-        low, high, check_finite, stop_on_alert: bounds on the output variance, see :class:`VarianceMonitor`.
-        image_every_n_steps, history_size: the depth picture, see :class:`VarianceMonitor`.
+        **kwargs: the options of :class:`~callbacks.monitor.VarianceMonitor`, by keyword: ``every_n_steps``
+            (log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``),
+            ``image_every_n_steps`` and ``history_size`` (the depth picture), ``low``, ``high``,
+            ``check_finite``, ``stop_on_alert`` (bounds on the output variance).
 
     Example::
 
@@ -49,21 +53,16 @@ class ActivationVarianceMonitor(VarianceMonitor):
 
     def __init__(
         self,
-        every_n_steps: Optional[int] = None,
+        *,
         modules: Sequence[str] = (),
         module_types: Sequence[ModuleType] = (),
         include_activations: bool = True,
         log_mean: bool = True,
         log_gain: bool = True,
         log_nonfinite: bool = False,
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        check_finite: bool = True,
-        stop_on_alert: bool = False,
-        image_every_n_steps: Optional[int] = None,
-        history_size: int = 256,
+        **kwargs: Any,
     ):
-        super().__init__(every_n_steps, image_every_n_steps, history_size, low, high, check_finite, stop_on_alert)
+        super().__init__(**kwargs)  # every_n_steps, image_every_n_steps, history_size and the alert options
         self.modules, self.module_types = list(modules), list(module_types)
         self.include_activations = include_activations
         self.log_mean, self.log_gain, self.log_nonfinite = log_mean, log_gain, log_nonfinite
@@ -81,8 +80,8 @@ class ActivationVarianceMonitor(VarianceMonitor):
         if not layers:
             raise ValueError(
                 "ActivationVarianceMonitor found no module to watch: the model has no activation module "
-                "(nn.GELU, nn.ReLU, ..., lit_ortho activations); choose some with `modules` (name globs) or "
-                "`module_types`."
+                "(nn.GELU, nn.ReLU, ..., learnable activations such as lit_ortho's); choose some with `modules` "
+                "(name globs) or `module_types`."
             )
         self._layers = usable_layers(layers, type(self).__name__, compiled_ok=True)
         moments = LayerMoments(len(self._layers), ActivationProbe.SLOTS, pl_module.device)
@@ -113,7 +112,7 @@ class ActivationVarianceMonitor(VarianceMonitor):
         if self._probe is None:
             return
         self._probe.detach()  # in case no backward ran (training_step returned None)
-        if self._collecting is None or trainer.fit_loop._should_accumulate():
+        if self._collecting is None or not ends_optimizer_step(trainer):
             return
         step, self._collecting = self._collecting, None
         self._probe.moments.all_reduce(self._group)  # every rank, same order: one collective

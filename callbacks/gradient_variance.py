@@ -12,7 +12,8 @@ from typing_extensions import override
 
 import lightning.pytorch as pl
 
-from callbacks.monitor import Series, VarianceMonitor, batches_that_stepped
+from callbacks.monitor import Series, VarianceMonitor
+from callbacks.steps import batches_that_stepped, ends_optimizer_step
 from callbacks.probes import GradientProbe, ModuleOrderProbe
 from callbacks.selection import (
     ModuleType,
@@ -48,32 +49,28 @@ class GradientVarianceMonitor(VarianceMonitor):
     ``activation_grad_gain/<layer>``), custom-scalars charts per kind, and ``*/by_depth`` pictures.
 
     Args:
-        every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
         parameters: globs choosing the parameters (``"blocks.*.weight"``); all trainable ones by default.
         activation_gradients: also watch the gradient through activations (tensor hooks on logged steps;
             not available inside ``torch.compile``'d regions).
         modules, module_types, include_activations: which layers ``activation_gradients`` watches, as in
             :class:`ActivationVarianceMonitor`.
-        low, high, check_finite, stop_on_alert: bounds on each gradient variance, see :class:`VarianceMonitor`.
-        image_every_n_steps, history_size: the depth picture, see :class:`VarianceMonitor`.
+        **kwargs: the options of :class:`~callbacks.monitor.VarianceMonitor`, by keyword: ``every_n_steps``
+            (log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``),
+            ``image_every_n_steps`` and ``history_size`` (the depth pictures), ``low``, ``high``,
+            ``check_finite``, ``stop_on_alert`` (bounds on each gradient variance).
     """
 
     def __init__(
         self,
-        every_n_steps: Optional[int] = None,
+        *,
         parameters: Sequence[str] = (),
         activation_gradients: bool = False,
         modules: Sequence[str] = (),
         module_types: Sequence[ModuleType] = (),
         include_activations: bool = True,
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        check_finite: bool = True,
-        stop_on_alert: bool = False,
-        image_every_n_steps: Optional[int] = None,
-        history_size: int = 256,
+        **kwargs: Any,
     ):
-        super().__init__(every_n_steps, image_every_n_steps, history_size, low, high, check_finite, stop_on_alert)
+        super().__init__(**kwargs)  # every_n_steps, image_every_n_steps, history_size and the alert options
         self.parameters = list(parameters)
         self.activation_gradients = activation_gradients
         self.modules, self.module_types = list(modules), list(module_types)
@@ -183,7 +180,7 @@ class GradientVarianceMonitor(VarianceMonitor):
                            batch_idx: int) -> None:  # fmt: skip
         if self._probe is not None:
             self._probe.detach()
-        if trainer.fit_loop._should_accumulate():
+        if not ends_optimizer_step(trainer):
             return
         series, step = [], self._pending_step
         if self._pending:

@@ -14,16 +14,14 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks import plots, reporting
 from callbacks.alerts import VarianceAlert
+from callbacks.steps import batches_that_stepped, is_logging_step
+
+__all__ = ["Series", "VarianceMonitor", "batches_that_stepped"]
 
 
 def _check_count(name: str, value: Optional[int], minimum: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
         raise ValueError(f"{name} must be None or an int >= {minimum}, got {value!r}")
-
-
-def batches_that_stepped(trainer: "pl.Trainer") -> int:
-    """Optimizer steps taken so far: Lightning's own logging step (what ``self.log`` values are logged at)."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 class Series:
@@ -36,7 +34,11 @@ class Series:
 
 class VarianceMonitor(Callback):
     """Base of the per-layer monitors. A step is a *logging step* when Lightning would log there too:
-    ``(optimizer steps so far + 1) % every_n_steps == 0``; values are logged at Lightning's step number.
+    ``(optimizer steps so far + 1) % every_n_steps == 0``; values are logged at Lightning's step number
+    (see :mod:`callbacks.steps`, the convention every monitor follows).
+
+    The options below are declared here only; subclasses take them as keyword arguments (``**kwargs``,
+    which LightningCLI/jsonargparse resolve, so they are ``init_args`` of the subclasses in YAML).
 
     Args:
         every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
@@ -44,13 +46,15 @@ class VarianceMonitor(Callback):
             every this many steps, a multiple of ``every_n_steps``; ``None`` means 10 x ``every_n_steps``,
             0 disables pictures.
         history_size: logging steps kept for the heat map (older columns are thinned out, not dropped).
-        low, high: optional bounds on each layer's variance.
+        low: optional lower bound on each layer's variance.
+        high: optional upper bound on each layer's variance.
         check_finite: warn when a layer's variance is non-finite (NaN or inf).
         stop_on_alert: also stop training when a bound is crossed or a value is non-finite.
     """
 
     def __init__(
         self,
+        *,
         every_n_steps: Optional[int] = None,
         image_every_n_steps: Optional[int] = None,
         history_size: int = 256,
@@ -100,7 +104,7 @@ class VarianceMonitor(Callback):
 
     def is_logging_step(self, trainer: "pl.Trainer") -> bool:
         """True during a whole optimizer step (all its accumulated micro-batches) that will be logged."""
-        return trainer.training and (batches_that_stepped(trainer) + 1) % self._every == 0
+        return is_logging_step(trainer, self._every)
 
     # ---- publishing --------------------------------------------------------------------------------------
     def publish(self, trainer: "pl.Trainer", step: int, series: Sequence[Series], kinds: Mapping[str, str],

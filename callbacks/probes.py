@@ -2,8 +2,9 @@
 
 Attach in ``on_train_batch_start``, detach in ``on_before_backward``: so validation, the sanity check
 and the re-run of checkpointed blocks during backward are never counted, and the other steps pay nothing.
-In a ``torch.compile``'d region module hooks added later are ignored, so there the lit_ortho
-activations count for themselves (``record_statistics``), and the sums are collected after the forward.
+In a ``torch.compile``'d region module hooks added later are ignored, so there the learnable activations
+(:class:`callbacks.protocol.SelfRecordingActivation`, e.g. lit_ortho's) count for themselves
+(``record_statistics``), and the sums are collected, by name, after the forward.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
+from callbacks.protocol import read_statistics
 from callbacks.selection import WatchedModule
 from callbacks.statistics import LayerMoments
 
@@ -111,7 +113,7 @@ class ActivationProbe:
         if self.attached:
             return
         for i, layer in enumerate(self.layers):
-            if layer.compiled:  # a LearnableActivation (others were rejected when the monitor was set up)
+            if layer.compiled:  # a SelfRecordingActivation (others were rejected when the monitor was set up)
                 layer.module.reset_statistics()
                 layer.module.record_statistics = True
                 self._recording.append(i)
@@ -126,10 +128,15 @@ class ActivationProbe:
         for i in self._recording:
             module = self.layers[i].module
             module.record_statistics = False
-            count, s_in, ss_in, s_out, ss_out, nonfinite = module.statistics.to(self.moments.values).unbind()
-            zero = torch.zeros_like(count)
-            self.moments.add_raw(i, "in", torch.stack([count, s_in, ss_in, zero]))
-            self.moments.add_raw(i, "out", torch.stack([count, s_out, ss_out, nonfinite]))
+            stats = {key: value.to(self.moments.values) for key, value in read_statistics(module).items()}
+            count = stats["count"]
+            self.moments.add_raw(
+                i, "in", torch.stack([count, stats["input_sum"], stats["input_sum_of_squares"], torch.zeros_like(count)])
+            )
+            self.moments.add_raw(
+                i, "out",
+                torch.stack([count, stats["output_sum"], stats["output_sum_of_squares"], stats["output_nonfinite"]]),
+            )  # fmt: skip
             module.reset_statistics()
         self._recording.clear()
 

@@ -14,22 +14,24 @@ from torch import nn
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lit_ortho.activations import LearnableActivation
+from callbacks.protocol import is_self_recording_activation
 
 # Element-wise activation modules watched by default (nn.Softmax & co. are normalisations, not activations).
 DEFAULT_ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Hardshrink, nn.Softshrink, nn.Sigmoid, nn.Tanh, nn.Softplus,
     nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.GLU, nn.Threshold,
-    LearnableActivation,
 )  # fmt: skip
+# Learnable activations of any library (lit_ortho's among them) are recognised by the protocol they implement,
+# callbacks.protocol.SelfRecordingActivation, not by class.
 
 # Activation classes of model libraries (timm's GELU is not an nn.GELU); used only when already imported.
 LIBRARY_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me", "transformers.activations")
 
 
 def default_activation_types() -> tuple[type[nn.Module], ...]:
-    """torch's and lit_ortho's activation classes, plus those of timm/transformers if the model uses them."""
+    """torch's activation classes, plus those of timm/transformers if the model uses them (learnable
+    activations are recognised by protocol instead: :func:`is_activation`)."""
     types = list(DEFAULT_ACTIVATION_TYPES)
     for module_name in LIBRARY_ACTIVATION_MODULES:
         module = sys.modules.get(module_name)
@@ -39,6 +41,12 @@ def default_activation_types() -> tuple[type[nn.Module], ...]:
                 if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module_name
             ]  # fmt: skip
     return tuple(types)
+
+
+def is_activation(module: nn.Module, types: tuple[type, ...]) -> bool:
+    """An activation watched by default: an instance of ``types`` (:func:`default_activation_types`) or a
+    learnable activation implementing :class:`callbacks.protocol.SelfRecordingActivation`."""
+    return isinstance(module, types) or is_self_recording_activation(module)
 
 
 # Name components added by wrappers; stripped so tags stay the same with and without FSDP/checkpointing/compile.
@@ -149,12 +157,18 @@ def select_modules(
     module_types: Sequence[ModuleType] = (),
     modules: Sequence[str] = (),
 ) -> list[WatchedModule]:
-    """Activation modules (``include_activations``: torch's element-wise activations, lit_ortho's, and timm's or
-    transformers' when loaded) plus modules of ``module_types`` plus those whose
+    """Activation modules (``include_activations``: torch's element-wise activations, timm's or transformers'
+    when loaded, and learnable ones implementing :class:`callbacks.protocol.SelfRecordingActivation`, such as
+    lit_ortho's) plus modules of ``module_types`` plus those whose
     cleaned name matches a glob of ``modules``, in registration order; every glob must match something."""
     candidates = named_modules(root)
-    types = (default_activation_types() if include_activations else ()) + resolve_module_types(module_types, root)
-    chosen = {name for name, m in candidates if types and isinstance(m, types)}
+    activation_types = default_activation_types()
+    extra_types = resolve_module_types(module_types, root)
+    chosen = {
+        name
+        for name, m in candidates
+        if (include_activations and is_activation(m, activation_types)) or (extra_types and isinstance(m, extra_types))
+    }
     for pattern in modules:
         matches = {name for name, _ in candidates if fnmatch.fnmatchcase(name, pattern)}
         if not matches:
@@ -170,17 +184,21 @@ def select_modules(
 
 def usable_layers(layers: Sequence[WatchedModule], monitor: str, compiled_ok: bool) -> list[WatchedModule]:
     """Drop, with a warning, the layers a torch.compile'd region hides from hooks; with ``compiled_ok``
-    the lit_ortho activations stay (they record their own statistics there)."""
+    the learnable activations implementing :class:`callbacks.protocol.SelfRecordingActivation` (lit_ortho's)
+    stay (they record their own statistics there)."""
 
     def hidden(layer: WatchedModule) -> bool:
-        return layer.compiled and not (compiled_ok and isinstance(layer.module, LearnableActivation))
+        return layer.compiled and not (compiled_ok and is_self_recording_activation(layer.module))
 
     names = [layer.name for layer in layers if hidden(layer)]
     if names:
         rank_zero_warn(
             f"{monitor}: {len(names)} watched layer(s) run inside a torch.compile'd region, where hooks are ignored, "
             f"and are not monitored: {names[:8]}{' ...' if len(names) > 8 else ''}"
-            + (" (lit_ortho activations are: they record their own statistics)." if compiled_ok else ".")
+            + (
+                " (activations implementing callbacks.protocol.SelfRecordingActivation, such as lit_ortho's, are: "
+                "they record their own statistics)." if compiled_ok else "."
+            )
         )
     return [layer for layer in layers if not hidden(layer)]
 

@@ -1,17 +1,16 @@
 """lit-ortho: learnable Hermite, Fourier and tropical activations for PyTorch Lightning."""
 
 from lit_ortho.activations import (
+    ActivationSpec,
     FourierActivation,
     HermiteActivation,
     LearnableActivation,
     TropicalActivation,
     TropicalRationalActivation,
-)
-from lit_ortho.fitting import fit_activation, gaussian_gains
-from lit_ortho.spec import (
-    ActivationSpec,
     activation_factory,
     build_activation,
+    fit_activation,
+    gaussian_gains,
     list_activations,
     parse_activation_spec,
     register_activation,

@@ -24,7 +24,11 @@ from lit_ortho.data import (
 from lit_ortho.data.text import in_validation
 
 
-pytestmark = pytest.mark.usefixtures("cache")  # a temp LIT_ORTHO_CACHE (tests/conftest.py)
+pytestmark = [
+    pytest.mark.usefixtures("cache"),  # a temp LIT_ORTHO_CACHE (tests/conftest.py)
+    # litdata adds this filter when imported; pytest drops filters added at collection (lit_ortho.data imports litdata)
+    pytest.mark.filterwarnings("ignore:.*The given buffer is not writable"),
+]
 
 
 def _token_stream(directory):
@@ -339,3 +343,20 @@ def test_mixup_makes_soft_targets_in_training_only():
     FakeTrainer.training = False
     same, hard = dm.on_after_batch_transfer((images, labels), 0)
     assert same is images and hard is labels
+
+
+def test_image_datasets_work_in_spawned_workers():
+    """The datasets the module builds pickle (spawn start method: macOS, Windows) and stream in a spawn worker."""
+    from litdata import StreamingDataLoader
+
+    dm = ImageDataModule(image_size=16, batch_size=4, val_batch_size=4, num_workers=0, crop_pct=1.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        clone = pickle.loads(pickle.dumps(loader.dataset))
+        image, label = clone[0]
+        assert image.shape == (3, 16, 16) and 0 <= label < 10
+    expected_images, expected_labels = next(iter(dm.val_dataloader()))
+    spawned = StreamingDataLoader(dm.val_dataloader().dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    images, labels = next(iter(spawned))
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import lit_ortho as L
-from lit_ortho import kernels
+from _families import BUILTIN_FAMILIES
+from lit_ortho.activations import backends, kernels
 from lit_ortho.activations import BACKENDS
-from lit_ortho.kernels import compiled
+from lit_ortho.activations import FAMILIES, fourier
 
-FAMILIES = ["hermite", "fourier", "tropical", "tropical_rational"]
 SPECS = {"hermite": "hermite:3", "fourier": "fourier:5", "tropical": "tropical:5", "tropical_rational": "tropical_rational:6"}
 LAYOUTS = [  # (per_channel, channel_dim, input shape)
     (None, -1, (6, 50)),
@@ -64,9 +64,9 @@ def test_backend_choices_and_spec_round_trip():
 
 def test_auto_is_eager_off_the_gpu():
     x = torch.randn(4, 8)
-    assert not kernels.use_triton("auto", x)
-    assert not kernels.use_triton("eager", x)
-    assert not kernels.use_triton("auto", x.double())
+    assert not backends.use_triton("auto", x)
+    assert not backends.use_triton("eager", x)
+    assert not backends.use_triton("auto", x.double())
     auto, eager = _module("fourier"), _module("fourier", backend="eager")
     torch.testing.assert_close(auto(x), eager(x), rtol=0, atol=0)
 
@@ -78,9 +78,9 @@ def test_auto_picks_triton_for_cuda_inputs_by_dtype():
     with FakeTensorMode():
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             x = torch.empty(4, 8, dtype=dtype, device="cuda")
-            assert kernels.use_triton("auto", x) == kernels.TRITON_AVAILABLE
-            assert not kernels.use_triton("eager", x)
-        assert not kernels.use_triton("auto", torch.empty(4, 8, dtype=torch.float64, device="cuda"))
+            assert backends.use_triton("auto", x) == kernels.TRITON_AVAILABLE
+            assert not backends.use_triton("eager", x)
+        assert not backends.use_triton("auto", torch.empty(4, 8, dtype=torch.float64, device="cuda"))
 
 
 @pytest.mark.skipif(kernels.INTERPRET or torch.cuda.is_available(), reason="triton can run CPU tensors here")
@@ -95,12 +95,12 @@ def test_triton_backend_says_why_it_cannot_run():
 # ---- the compile-friendly formulation, run eagerly -------------------------------------------------
 def test_sincos_polynomials_match_float64_to_float32_rounding():
     z = torch.cat([torch.linspace(-3000, 3000, 400_001), torch.arange(-64, 65) * (math.pi / 2)]).float()
-    s, c = compiled.sincos(z)
+    s, c = fourier.sincos(z)
     zd = z.double()
     assert (s.double() - zd.sin()).abs().max() < 2.5e-7
     assert (c.double() - zd.cos()).abs().max() < 2.5e-7
-    assert torch.equal(compiled.cos(z), c)
-    s64, c64 = compiled.sincos(zd)
+    assert torch.equal(fourier.cos(z), c)
+    s64, c64 = fourier.sincos(zd)
     assert torch.equal(s64, zd.sin()) and torch.equal(c64, zd.cos())
 
 
@@ -119,7 +119,7 @@ def test_compiled_formulation_matches_eager(family, per_channel, channel_dim, sh
         y.backward(grad)
         return y.detach(), xx.grad, [v.grad for v in vs if v.requires_grad]
 
-    _assert_same(run(compiled.FUNCTIONS[family]), run(module.function), rtol=1e-5, atol=1e-5)
+    _assert_same(run(FAMILIES[family].traced()), run(module.function), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
@@ -129,12 +129,12 @@ def test_compiled_formulation_gradcheck_float64(family, per_channel, channel_dim
     x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2).requires_grad_()
     learnable = dict(module.named_parameters())
     values = [getattr(module, n).detach().clone().requires_grad_(n in learnable) for n in module.value_names]
-    fn = lambda x, *v: compiled.FUNCTIONS[family](x, *v, channel_dim=channel_dim)  # noqa: E731
+    fn = lambda x, *v: FAMILIES[family].traced()(x, *v, channel_dim=channel_dim)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-6)
 
 
 # ---- torch.compile on CPU: no graph breaks, same numbers -------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 @pytest.mark.parametrize("per_channel,channel_dim,shape", [LAYOUTS[0], LAYOUTS[2]])
 def test_eager_backend_has_no_graph_breaks(family, per_channel, channel_dim, shape):
     torch._dynamo.reset()  # a fresh recompile budget for LearnableActivation.forward, whatever ran before
@@ -145,7 +145,7 @@ def test_eager_backend_has_no_graph_breaks(family, per_channel, channel_dim, sha
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_compile_fullgraph_aot_eager_matches_eager(family):
     torch._dynamo.reset()
     module = _module(family, per_channel=4, channel_dim=1)
@@ -273,7 +273,7 @@ def _aot_compile(kernel, dtype: str, constexprs: dict):
 
 
 @pytest.mark.skipif(not kernels.TRITON_AVAILABLE or kernels.INTERPRET, reason="needs triton, not interpreted")
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_kernels_compile_for_sm90(family):
     """Lowering to PTX and SASS, which the interpreter never does: bf16 forward with shared
     coefficients (Fourier: the MUFU sin/cos path) and float32 per-channel backward."""
@@ -283,7 +283,11 @@ def test_kernels_compile_for_sm90(family):
         from triton.compiler import ASTSource  # noqa: F401
     except ImportError as exc:  # another triton layout
         pytest.skip(f"triton's ahead-of-time API is not available: {exc}")
-    from lit_ortho.kernels import _triton as T
+    import importlib
+
+    from lit_ortho.activations.kernels import triton_common as T
+
+    kernels_of = importlib.import_module(FAMILIES[family].triton)
 
     degree = {"hermite": 3, "fourier": 5, "tropical": 5, "tropical_rational": 6}[family]
     K = degree if family == "fourier" else degree + 1
@@ -297,8 +301,8 @@ def test_kernels_compile_for_sm90(family):
     bwd = dict(size, **extra_bwd, **pad, NEED_X=True, NEED_COEF=True, PER_CHANNEL=True,
                BLOCK_C=cfg["channel_block"], BLOCK_R=cfg["bwd_tile"] // cfg["channel_block"], INT64=False)
     try:
-        compiled_fwd = _aot_compile(getattr(T, f"_{family}_fwd_kernel"), "bf16", fwd)
-        compiled_bwd = _aot_compile(getattr(T, f"_{family}_bwd_kernel"), "fp32", bwd)
+        compiled_fwd = _aot_compile(getattr(kernels_of, f"_{family}_fwd_kernel"), "bf16", fwd)
+        compiled_bwd = _aot_compile(getattr(kernels_of, f"_{family}_bwd_kernel"), "fp32", bwd)
     except (FileNotFoundError, PermissionError) as exc:  # no bundled ptxas
         pytest.skip(f"cannot run ptxas here: {exc}")
     for k in (compiled_fwd, compiled_bwd):

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import lit_ortho as L
-from lit_ortho import kernels
+from _families import BUILTIN_FAMILIES
+from lit_ortho.activations import backends, kernels
 
 if not kernels.TRITON_AVAILABLE or not (kernels.INTERPRET or torch.cuda.is_available()):
     pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (tests/test_kernels.py runs this file "
                 "under the interpreter in a subprocess)", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FAMILIES = ["hermite", "fourier", "tropical", "tropical_rational"]
 # float32: both paths round differently inside (a GPU contracts w x - phi into one FMA, the eager path
 # rounds twice), so allow a few units of float32 rounding of the intermediate values.
 EPS = {torch.float32: 4e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
@@ -83,7 +83,7 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_shared_coefficients_match_eager(family, dtype):
     ours, ref = pair(SPECS[family])
@@ -91,7 +91,7 @@ def test_shared_coefficients_match_eager(family, dtype):
     assert_match(ours, ref, x, grad)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_per_channel_last_dim_matches_eager(family):
     C = 40  # not a power of two: masked channel columns
     ours, ref = pair(f"{SPECS[family].replace(':', '(degree=')}, per_channel={C})")
@@ -99,7 +99,7 @@ def test_per_channel_last_dim_matches_eager(family):
     assert_match(ours, ref, x, grad)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_per_channel_nchw_matches_eager(family):
     spec = f"{SPECS[family].replace(':', '(degree=')}, per_channel=6, channel_dim=1)"
     ours, ref = pair(spec)
@@ -110,7 +110,7 @@ def test_per_channel_nchw_matches_eager(family):
     assert_match(ours, ref, x_cl, grad)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_non_contiguous_and_strided_inputs(family):
     ours, ref = pair(SPECS[family])
     x, grad = inputs((30, 50), torch.float32)
@@ -184,10 +184,10 @@ def test_saves_only_the_input_for_backward():
     assert len(big) == 1 and big[0].dtype == x.dtype  # x itself; the rest are the coefficients
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_opcheck(family):
     """Schema, fake (meta) implementation, autograd registration, AOT dispatch with dynamic shapes."""
-    from lit_ortho.kernels import ops
+    from lit_ortho.activations.kernels import ops
 
     module = L.build_activation(f"{SPECS[family].replace(':', '(degree=')}, per_channel=8)").to(DEVICE)
     x = torch.randn(5, 8, device=DEVICE, requires_grad=True)
@@ -226,11 +226,11 @@ def test_torch_compile_fullgraph_traces_the_custom_ops():
 
 def test_auto_selects_triton_for_these_inputs_only_on_cuda():
     x = torch.randn(4, 8, device=DEVICE)
-    assert kernels.use_triton("auto", x) == (DEVICE == "cuda")
-    assert kernels.use_triton("triton", x)
+    assert backends.use_triton("auto", x) == (DEVICE == "cuda")
+    assert backends.use_triton("triton", x)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
 def test_double_backward_matches_eager(family):
     """create_graph=True (gradient penalties): the kernels' backward is not differentiable, so the op
     recomputes with the eager Function; the second-order gradients must match eager's."""

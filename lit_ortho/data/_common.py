@@ -1,4 +1,8 @@
-"""Shared plumbing of the data modules: the cache, metadata files, litdata checks and writes."""
+"""Shared plumbing of the data modules: the cache, metadata files, argument checks, litdata checks and writes.
+
+The one home of what text and images share: where built-ins are cached, the ``lit_ortho.json`` format,
+``val_fraction`` / output-directory / choice checks (all raising :class:`DataError`).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,40 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from lit_ortho import errors
+
+# Before anything imports litdata: lit_ortho/data/__init__.py imports this module first, so every
+# lit_ortho.data submodule (even one imported directly) sees it.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
-__all__ = ["cache_root", "META_FILE", "read_meta", "write_meta", "check_chunks", "build_once", "run_optimize"]
+__all__ = [
+    "DataError",
+    "cache_root",
+    "META_FILE",
+    "new_meta",
+    "read_meta",
+    "write_meta",
+    "load_meta",
+    "check_choice",
+    "check_positive_int",
+    "check_val_fraction",
+    "clear_output_dir",
+    "check_chunks",
+    "build_once",
+    "run_optimize",
+    "default_workers",
+]
 
 META_FILE = "lit_ortho.json"
+META_VERSION = 1
 
 
-class DataError(ValueError):
-    """Bad data on disk or a bad data argument; the message names the path or value."""
+class DataError(errors.UsageError):
+    """Bad data on disk or a bad data argument; the message names the path or value (a ValueError)."""
 
 
 def cache_root() -> Path:
@@ -27,8 +53,61 @@ def cache_root() -> Path:
     return Path(os.environ.get("LIT_ORTHO_CACHE") or Path.home() / ".cache" / "lit_ortho").expanduser()
 
 
+# ---- argument checks (lit_ortho.errors' helpers, raising DataError) ---------------------------------
+def check_choice(value: Any, choices: Iterable[Any], what: str) -> Any:
+    """:func:`lit_ortho.errors.check_choice` raising :class:`DataError`."""
+    try:
+        return errors.check_choice(value, choices, what)
+    except errors.UsageError as err:
+        raise DataError(*err.args) from None
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    """:func:`lit_ortho.errors.check_positive_int` raising :class:`DataError`."""
+    try:
+        return errors.check_positive_int(value, what)
+    except errors.UsageError as err:
+        raise DataError(*err.args) from None
+
+
+def check_val_fraction(val_fraction: float) -> float:
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    return val_fraction
+
+
+def clear_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """``output_dir`` as a Path, removed if it exists (so :func:`build_once` can rename onto it, on any OS).
+
+    A non-empty one is only removed with ``overwrite``; without it, that is an error.
+    """
+    out = Path(output_dir).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"output directory {str(out)!r} is a file")
+        if any(out.iterdir()) and not overwrite:
+            raise DataError(f"output directory {str(out)!r} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    return out
+
+
+# ---- lit_ortho.json ----------------------------------------------------------------------------------
+def _format(kind: str) -> str:
+    return f"lit-ortho-{kind}"
+
+
+def new_meta(kind: str, **fields: Any) -> dict[str, Any]:
+    """The metadata of a prepared ``kind`` (``text``, ``images``) directory: format and version first."""
+    return {"format": _format(kind), "version": META_VERSION, **fields}
+
+
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     (Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """``lit_ortho.json`` of a directory this package just wrote (no checks: see :func:`read_meta`)."""
+    return json.loads((Path(directory) / META_FILE).read_text())
 
 
 def read_meta(directory: str | os.PathLike, kind: str, prepare_hint: str) -> dict[str, Any]:
@@ -47,8 +126,8 @@ def read_meta(directory: str | os.PathLike, kind: str, prepare_hint: str) -> dic
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read {str(path)!r}: {err}") from None
-    if meta.get("format") != f"lit-ortho-{kind}":
-        raise DataError(f"{str(directory)!r} holds {meta.get('format')!r} data, not lit-ortho-{kind}")
+    if meta.get("format") != _format(kind):
+        raise DataError(f"{str(directory)!r} holds {meta.get('format')!r} data, not {_format(kind)}")
     return meta
 
 
@@ -154,4 +233,5 @@ def run_optimize(
 
 
 def default_workers() -> int:
+    """Worker processes when none are given: every CPU core."""
     return max(1, (os.cpu_count() or 1))

@@ -14,31 +14,52 @@ Built-in data sets, prepared on first use under ``$LIT_ORTHO_CACHE`` (default ``
 
 from __future__ import annotations
 
+import functools
 import io
-import json
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
+
+# litdata is imported after lit_ortho.data._common (lit_ortho/data/__init__.py imports it first): see there
+from litdata import StreamingDataset
 
 from lit_ortho.data._common import (
     DataError,
     build_once,
     cache_root,
+    check_choice,
     check_chunks,
+    check_val_fraction,
+    clear_output_dir,
     default_workers,
+    load_meta,
+    new_meta,
     read_meta,
     run_optimize,
     write_meta,
 )
 
-__all__ = ["ImageDataModule", "prepare_images", "prepare_builtin_images", "scan_image_folder", "IMAGE_DATASETS"]
+__all__ = [
+    "ImageDataModule",
+    "ImageStreamingDataset",
+    "prepare_images",
+    "prepare_builtin_images",
+    "builtin_images_dir",
+    "scan_image_folder",
+    "IMAGE_DATASETS",
+    "DEFAULT_IMAGE_DATASET",
+    "IMAGE_CHUNK_BYTES",
+    "IMAGE_VAL_FRACTION",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
-IMAGE_DATASETS = ("digits", "cifar10")
+IMAGE_CHUNK_BYTES = "256MB"  # default litdata chunk size of prepare_images
+IMAGE_VAL_FRACTION = 0.1  # default held-out share of a folder tree without train/ and val/
+BUILTIN_CHUNK_BYTES = "64MB"  # litdata chunk size of the built-in data sets
 PREPARE_IMAGES_HINT = "lit-ortho prepare-images <image folder tree> --output-dir <dir>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +75,7 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def scan_image_folder(root: str, val_fraction: float = 0.1) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+def scan_image_folder(root: str, val_fraction: float = IMAGE_VAL_FRACTION) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Read an ImageNet-style tree into ``(classes, {"train": [(path, label)], "val": [...]})``.
 
     ``root/train/<class>/*`` and ``root/val/<class>/*`` give the two splits; otherwise ``root/<class>/*``
@@ -96,6 +117,11 @@ def scan_image_folder(root: str, val_fraction: float = 0.1) -> tuple[list[str], 
     return classes, splits
 
 
+def _item(image: bytes, label: Any) -> dict[str, Any]:
+    """One stored item: the encoded image and its class index (what ImageStreamingDataset decodes)."""
+    return {"image": image, "label": int(label)}
+
+
 class _ReadImageFile:
     """``litdata.optimize`` function: ``(path, label)`` -> the file's bytes (checked to be an image)."""
 
@@ -109,7 +135,7 @@ class _ReadImageFile:
                 img.verify()
         except Exception as err:
             raise DataError(f"cannot read image {path!r}: {err}") from None
-        return {"image": data, "label": int(label)}
+        return _item(data, label)
 
 
 def _write_splits(scratch: Path, fn: Any, splits: dict[str, list], classes: list[str], source: str, num_workers: int, chunk_bytes: str, verbose: bool) -> dict:
@@ -121,7 +147,7 @@ def _write_splits(scratch: Path, fn: Any, splits: dict[str, list], classes: list
         if summary is None:
             raise DataError(f"no images were written for the {split} split of {source}")
         counts[split] = {"images": summary["items"]}
-    meta = {"format": "lit-ortho-images", "version": 1, "classes": classes, "num_classes": len(classes), "splits": counts, "source": source}
+    meta = new_meta("images", classes=classes, num_classes=len(classes), splits=counts, source=source)
     write_meta(scratch, meta)
     return meta
 
@@ -129,58 +155,26 @@ def _write_splits(scratch: Path, fn: Any, splits: dict[str, list], classes: list
 def prepare_images(
     root: str,
     output_dir: str,
-    val_fraction: float = 0.1,
+    val_fraction: float = IMAGE_VAL_FRACTION,
     num_workers: Optional[int] = None,
-    chunk_bytes: str = "256MB",
+    chunk_bytes: str = IMAGE_CHUNK_BYTES,
     overwrite: bool = False,
     verbose: bool = True,
 ) -> dict:
     """Pack an ImageNet-style folder tree into litdata chunks (original bytes kept) under ``output_dir``."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    check_val_fraction(val_fraction)
     classes, splits = scan_image_folder(root, val_fraction)
     if not splits["train"]:
         raise DataError(f"no training images under {root!r}")
-    out = Path(output_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"output directory {str(out)!r} is not empty; pass --overwrite to replace it")
-        import shutil
-
-        shutil.rmtree(out)
+    out = clear_output_dir(output_dir, overwrite)
     workers = num_workers or default_workers()
     build_once(out, lambda scratch: _write_splits(scratch, _ReadImageFile(), splits, classes, str(root), workers, chunk_bytes, verbose))
-    return json.loads((out / "lit_ortho.json").read_text())
+    return load_meta(out)
 
 
 # ---- built-in data sets ------------------------------------------------------------------------------
-class _EncodeArrays:
-    """``litdata.optimize`` function for in-memory data sets: ``(part, indices)`` -> PNG-encoded items."""
-
-    def __init__(self, dataset: str, source_dir: Optional[str] = None):
-        self.dataset, self.source_dir = dataset, source_dir
-        self._cache: dict[str, tuple[Any, Any]] = {}
-
-    def _arrays(self, part: str):
-        if part not in self._cache:
-            if self.dataset == "digits":
-                self._cache[part] = _load_digits()
-            else:
-                self._cache[part] = _load_cifar_batch(Path(self.source_dir) / part)
-        return self._cache[part]
-
-    def __call__(self, item: tuple[str, list[int]]) -> Iterator[dict[str, Any]]:
-        from PIL import Image
-
-        part, indices = item
-        images, labels = self._arrays(part)
-        for i in indices:
-            buf = io.BytesIO()
-            Image.fromarray(images[i]).save(buf, format="PNG")
-            yield {"image": buf.getvalue(), "label": int(labels[i])}
-
-
-def _load_digits():
+def _load_digits(part: str = "digits"):
+    """scikit-learn's 8x8 digits as uint8 images and labels (``part`` is ignored: there is one)."""
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -201,10 +195,42 @@ def _load_cifar_batch(path: Path):
         raise DataError(f"cannot read CIFAR-10 batch {str(path)!r}: {err}") from None
 
 
-def _chunks(indices: Sequence[int], size: int = 256) -> list[list[int]]:
+def _load_cifar_part(folder: str, part: str):
+    return _load_cifar_batch(Path(folder) / part)
+
+
+class _EncodeArrays:
+    """``litdata.optimize`` function for in-memory data sets: ``(part, indices)`` -> PNG-encoded items.
+
+    ``load(part)`` returns ``(images, labels)`` of one part (a module-level function or a partial of
+    one, so that spawned workers can unpickle it).
+    """
+
+    def __init__(self, load: Callable[[str], tuple[Any, Any]]):
+        self.load = load
+        self._cache: dict[str, tuple[Any, Any]] = {}
+
+    def _arrays(self, part: str):
+        if part not in self._cache:
+            self._cache[part] = self.load(part)
+        return self._cache[part]
+
+    def __call__(self, item: tuple[str, list[int]]) -> Iterator[dict[str, Any]]:
+        from PIL import Image
+
+        part, indices = item
+        images, labels = self._arrays(part)
+        for i in indices:
+            buf = io.BytesIO()
+            Image.fromarray(images[i]).save(buf, format="PNG")
+            yield _item(buf.getvalue(), labels[i])
+
+
+def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
     return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
 
 
+DIGITS_CLASSES = [str(d) for d in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -223,58 +249,79 @@ def _cifar10_source(download_dir: Path) -> Path:
     return folder
 
 
+def _digits_plan(download_dir: Optional[str]):
+    n = len(_load_digits()[1])
+    val = [i for i in range(n) if i % 5 == 0]  # every fifth image validates
+    train = [i for i in range(n) if i % 5]
+    splits = {"train": [("digits", c) for c in _chunks(train, 256)], "val": [("digits", c) for c in _chunks(val, 256)]}
+    return _EncodeArrays(_load_digits), splits, DIGITS_CLASSES, "sklearn.datasets.load_digits"
+
+
+def _cifar10_plan(download_dir: Optional[str]):
+    folder = _cifar10_source(Path(download_dir).expanduser() if download_dir else cache_root() / "downloads")
+    splits: dict[str, list] = {"train": [], "val": []}
+    for part, split in [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "val")]:
+        n = len(_load_cifar_batch(folder / part)[1])
+        splits[split] += [(part, c) for c in _chunks(range(n), 1000)]
+    return _EncodeArrays(functools.partial(_load_cifar_part, str(folder))), splits, CIFAR10_CLASSES, f"CIFAR-10 ({folder})"
+
+
+# The one registry of built-in data sets: name -> plan(download_dir) = (optimize fn, splits, classes, source).
+_BUILTINS: dict[str, Callable[[Optional[str]], tuple[Any, dict[str, list], list[str], str]]] = {
+    "digits": _digits_plan,
+    "cifar10": _cifar10_plan,
+}
+IMAGE_DATASETS = tuple(_BUILTINS)
+DEFAULT_IMAGE_DATASET = "digits"  # offline: bundled with scikit-learn
+
+
+def check_image_dataset(dataset: str) -> str:
+    """``dataset`` if it names a built-in data set, else a :class:`DataError` naming the choices."""
+    return check_choice(dataset, IMAGE_DATASETS, "image dataset")
+
+
+def builtin_images_dir(dataset: str) -> Path:
+    """Where a built-in data set is prepared by default: ``<cache>/images/<dataset>``."""
+    return cache_root() / "images" / dataset
+
+
 def prepare_builtin_images(
-    dataset: str = "digits",
+    dataset: str = DEFAULT_IMAGE_DATASET,
     output_dir: Optional[str] = None,
     download_dir: Optional[str] = None,
     num_workers: int = 1,
     verbose: bool = False,
 ) -> Path:
     """Prepare a built-in data set (``digits`` or ``cifar10``) once; returns its directory."""
-    if dataset not in IMAGE_DATASETS:
-        raise DataError(f"unknown image dataset {dataset!r}; valid choices: {', '.join(IMAGE_DATASETS)}")
-    final = Path(output_dir).expanduser() if output_dir else cache_root() / "images" / dataset
+    plan = _BUILTINS[check_image_dataset(dataset)]
+    final = Path(output_dir).expanduser() if output_dir else builtin_images_dir(dataset)
 
     def build(scratch: Path) -> None:
-        if dataset == "digits":
-            n = len(_load_digits()[1])
-            val = [i for i in range(n) if i % 5 == 0]
-            train = [i for i in range(n) if i % 5]
-            splits = {"train": [("digits", c) for c in _chunks(train)], "val": [("digits", c) for c in _chunks(val)]}
-            fn, classes, source = _EncodeArrays("digits"), [str(d) for d in range(10)], "sklearn.datasets.load_digits"
-        else:
-            folder = _cifar10_source(Path(download_dir).expanduser() if download_dir else cache_root() / "downloads")
-            splits = {"train": [], "val": []}
-            for part, split in [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "val")]:
-                n = len(_load_cifar_batch(folder / part)[1])
-                splits[split] += [(part, c) for c in _chunks(range(n), 1000)]
-            fn, classes, source = _EncodeArrays("cifar10", str(folder)), CIFAR10_CLASSES, f"CIFAR-10 ({folder})"
-        _write_splits(scratch, fn, splits, classes, source, num_workers, "64MB", verbose)
+        fn, splits, classes, source = plan(download_dir)
+        _write_splits(scratch, fn, splits, classes, source, num_workers, BUILTIN_CHUNK_BYTES, verbose)
 
     return build_once(final, build)
 
 
 # ---- the data module -------------------------------------------------------------------------------
-def _image_dataset_class():
-    from litdata import StreamingDataset
+class ImageStreamingDataset(StreamingDataset):
+    """Decodes ``{"image": bytes, "label": int}`` items with PIL and applies a transform.
 
-    class ImageStreamingDataset(StreamingDataset):
-        """Decodes ``{"image": bytes, "label": int}`` items with PIL and applies a transform."""
+    At module level so that DataLoader workers started with ``spawn`` (macOS, Windows) can unpickle it.
+    """
 
-        def __init__(self, *args: Any, image_transform: Any = None, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.image_transform = image_transform
+    def __init__(self, *args: Any, image_transform: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.image_transform = image_transform
 
-        def __getitem__(self, index: Any):
-            from PIL import Image
+    def __getitem__(self, index: Any):
+        from PIL import Image
 
-            item = super().__getitem__(index)
-            image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-            if self.image_transform is not None:
-                image = self.image_transform(image)
-            return image, item["label"]
-
-    return ImageStreamingDataset
+        item = super().__getitem__(index)
+        image = Image.open(io.BytesIO(item["image"])).convert("RGB")
+        if self.image_transform is not None:
+            image = self.image_transform(image)
+        return image, item["label"]
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -323,10 +370,10 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 42,
     ):
         super().__init__()
-        if dataset is not None and dataset not in IMAGE_DATASETS:
-            raise DataError(f"unknown image dataset {dataset!r}; valid choices: {', '.join(IMAGE_DATASETS)}")
+        if dataset is not None:
+            check_image_dataset(dataset)
         if data_dir is None and dataset is None:
-            dataset = "digits"
+            dataset = DEFAULT_IMAGE_DATASET
         if (mixup > 0 or cutmix > 0) and batch_size % 2:
             raise DataError(f"mixup/cutmix need an even batch_size, got {batch_size}")
         self.save_hyperparameters()
@@ -344,7 +391,7 @@ class ImageDataModule(L.LightningDataModule):
     def root(self) -> Path:
         if self.data_dir is not None:
             return self.data_dir
-        return cache_root() / "images" / self.dataset
+        return builtin_images_dir(self.dataset)
 
     def _read_meta(self) -> dict:
         self.meta = read_meta(self.root, "images", PREPARE_IMAGES_HINT)
@@ -413,7 +460,7 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool):
         from litdata import StreamingDataLoader
 
-        dataset = _image_dataset_class()(
+        dataset = ImageStreamingDataset(
             str(self.root / split), shuffle=train, drop_last=train, seed=self.hparams.seed, image_transform=self.transform(train)
         )
         return StreamingDataLoader(

@@ -23,26 +23,43 @@ import lightning as L
 import torch
 
 from lit_ortho.data._common import (
-    META_FILE,
     DataError,
     build_once,
     cache_root,
     check_chunks,
+    check_positive_int,
+    check_val_fraction,
+    clear_output_dir,
     default_workers,
+    load_meta,
+    new_meta,
     read_meta,
     run_optimize,
     write_meta,
 )
-from lit_ortho.data.tokenizers import TOKENIZERS, get_tokenizer
+from lit_ortho.data.tokenizers import EOT_TEXT, check_tokenizer, get_tokenizer
 
-__all__ = ["TextDataModule", "prepare_text", "prepare_embedded_text", "find_text_files", "TEXT_SUFFIXES"]
+__all__ = [
+    "TextDataModule",
+    "prepare_text",
+    "prepare_embedded_text",
+    "embedded_text_dir",
+    "find_text_files",
+    "TEXT_SUFFIXES",
+    "TEXT_CHUNK_BYTES",
+    "TEXT_VAL_FRACTION",
+    "EMBEDDED_TOKENIZER",
+]
 
 PLAIN_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 COMPRESSION_SUFFIXES = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 TEXT_SUFFIXES = PLAIN_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
-EOT_MARKER = "<|endoftext|>"
+SUPPORTED_TEXT = f"{', '.join(TEXT_SUFFIXES)} (all but .parquet optionally {', '.join(COMPRESSION_SUFFIXES)} compressed)"
+TEXT_CHUNK_BYTES = "64MB"  # default litdata chunk size of prepare_text
+TEXT_VAL_FRACTION = 0.0005  # default held-out share of documents (nanoGPT's)
+EMBEDDED_TOKENIZER = "byte"  # the built-in corpus' default tokenizer: works offline
 PREPARE_TEXT_HINT = "lit-ortho prepare-text <text/jsonl/parquet files or folders> --output-dir <dir>"
 
 
@@ -73,14 +90,11 @@ def find_text_files(inputs: Sequence[str]) -> list[str]:
         if path.is_dir():
             found = sorted(str(p) for p in path.rglob("*") if p.is_file() and _kind(str(p))[0])
             if not found:
-                raise DataError(
-                    f"no text files in folder {str(path)!r}; supported: {', '.join(TEXT_SUFFIXES)} "
-                    f"(optionally {', '.join(COMPRESSION_SUFFIXES)} compressed)"
-                )
+                raise DataError(f"no text files in folder {str(path)!r}; supported: {SUPPORTED_TEXT}")
             files.extend(found)
         elif path.is_file():
             if not _kind(str(path))[0]:
-                raise DataError(f"unsupported text file {str(path)!r}; supported: {', '.join(TEXT_SUFFIXES)} (+ .gz/.xz/.bz2)")
+                raise DataError(f"unsupported text file {str(path)!r}; supported: {SUPPORTED_TEXT}")
             files.append(str(path))
         else:
             raise DataError(f"input not found: {str(path)!r}")
@@ -95,7 +109,7 @@ def _open_text(path: str, compression: Optional[str]) -> io.TextIOBase:
 def iter_documents(path: str, text_key: str = "text", shard: int = 0, num_shards: int = 1) -> Iterator[tuple[int, str]]:
     """Yield ``(document index, text)`` of one file; with ``num_shards``, only this shard's documents.
 
-    Plain text: the file is one document, or several separated by ``<|endoftext|>``. JSON lines: one
+    Plain text: the file is one document, or several separated by ``EOT_TEXT`` (``<|endoftext|>``). JSON lines: one
     document per line (an object's ``text_key`` or a bare string). Parquet: the ``text_key`` column,
     sharded by row group (needs pyarrow).
     """
@@ -103,7 +117,7 @@ def iter_documents(path: str, text_key: str = "text", shard: int = 0, num_shards
     if fmt == "plain":
         with _open_text(path, compression) as f:
             text = f.read()
-        for i, doc in enumerate(text.split(EOT_MARKER)):
+        for i, doc in enumerate(text.split(EOT_TEXT)):
             if i % num_shards == shard and doc.strip():
                 yield i, doc
     elif fmt == "jsonl":
@@ -175,11 +189,11 @@ def prepare_text(
     inputs: Sequence[str],
     output_dir: str,
     tokenizer: str = "gpt2",
-    val_fraction: float = 0.0005,
+    val_fraction: float = TEXT_VAL_FRACTION,
     val_inputs: Optional[Sequence[str]] = None,
     num_workers: Optional[int] = None,
     text_key: str = "text",
-    chunk_bytes: str = "64MB",
+    chunk_bytes: str = TEXT_CHUNK_BYTES,
     overwrite: bool = False,
     verbose: bool = True,
 ) -> dict:
@@ -192,21 +206,15 @@ def prepare_text(
     """
     from litdata import TokensLoader
 
-    if tokenizer not in TOKENIZERS:
-        raise DataError(f"unknown tokenizer {tokenizer!r}; valid choices: {', '.join(TOKENIZERS)}")
-    tok = get_tokenizer(tokenizer)  # fail now (e.g. tiktoken offline), not inside a worker
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    tok = get_tokenizer(check_tokenizer(tokenizer))  # fail now (e.g. tiktoken offline), not inside a worker
+    check_val_fraction(val_fraction)
     files = find_text_files(inputs)
     if all(os.path.getsize(f) == 0 for f in files):
         raise DataError(f"empty corpus: every input file is empty ({', '.join(files)})")
     val_files = find_text_files(val_inputs) if val_inputs else []
     if val_files:
         val_fraction = 0.0
-    out = Path(output_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"output directory {str(out)!r} is not empty; pass --overwrite to replace it")
+    out = clear_output_dir(output_dir, overwrite)
     num_workers = num_workers or default_workers()
 
     def shards_of(paths: list[str]) -> list[tuple[str, int, int]]:
@@ -237,34 +245,34 @@ def prepare_text(
                 warnings.warn(f"no document fell in the validation split (val_fraction={val_fraction}); no val/ written")
                 continue
             counts[split] = {"documents": summary["items"], "tokens": summary["dims"]}
-        meta = {
-            "format": "lit-ortho-text",
-            "version": 1,
-            "tokenizer": tokenizer,
-            "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,
-            "val_fraction": val_fraction,
-            "splits": counts,
-            "sources": files + val_files,
-        }
+        meta = new_meta(
+            "text",
+            tokenizer=tokenizer,
+            vocab_size=tok.vocab_size,
+            eot_id=tok.eot_id,
+            val_fraction=val_fraction,
+            splits=counts,
+            sources=files + val_files,
+        )
         write_meta(scratch, meta)
 
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
     build_once(out, build)
-    return json.loads((out / "lit_ortho.json").read_text())
+    return load_meta(out)
 
 
-def prepare_embedded_text(tokenizer: str = "byte", root: Optional[Path] = None, verbose: bool = False) -> Path:
+def embedded_text_dir(tokenizer: str = EMBEDDED_TOKENIZER, root: Optional[Path] = None) -> Path:
+    """Where the built-in corpus is prepared for ``tokenizer``: ``<root>/pydoc-topics-<tokenizer>``,
+    ``root`` defaulting to ``<cache>/text``."""
+    return (Path(root) if root is not None else cache_root() / "text") / f"pydoc-topics-{tokenizer}"
+
+
+def prepare_embedded_text(tokenizer: str = EMBEDDED_TOKENIZER, root: Optional[Path] = None, verbose: bool = False) -> Path:
     """The built-in corpus: Python's own documentation topics (``pydoc_data.topics``, ~465 KB of English
-    that ships with every CPython), prepared once under the cache and reused.
+    that ships with every CPython), prepared once under the cache (or ``root``) and reused.
     """
     import pydoc_data.topics as topics
 
-    root = Path(root) if root is not None else cache_root() / "text"
-    final = root / f"pydoc-topics-{tokenizer}"
+    final = embedded_text_dir(tokenizer, root)
 
     def build(scratch: Path) -> None:
         # 79 topics; every tenth (starting at the sixth, sorted by name) validates: 8 topics, ~8 % of the text
@@ -283,7 +291,7 @@ def prepare_embedded_text(tokenizer: str = "byte", root: Optional[Path] = None, 
         )
         for item in (scratch / "data").iterdir():
             item.rename(scratch / item.name)
-        meta = json.loads((scratch / META_FILE).read_text())
+        meta = load_meta(scratch)
         meta["sources"] = ["pydoc_data.topics (CPython documentation topics)"]
         write_meta(scratch, meta)
 
@@ -316,11 +324,10 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 42,
     ):
         super().__init__()
-        if tokenizer is not None and tokenizer not in TOKENIZERS:
-            raise DataError(f"unknown tokenizer {tokenizer!r}; valid choices: {', '.join(TOKENIZERS)}")
-        for name, value in (("seq_length", seq_length), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DataError(f"{name} must be a positive integer, got {value!r}")
+        if tokenizer is not None:
+            check_tokenizer(tokenizer)
+        check_positive_int(seq_length, "seq_length")
+        check_positive_int(batch_size, "batch_size")
         self.save_hyperparameters()
         self.data_dir = None if data_dir is None else Path(data_dir).expanduser()
         self.seq_length = seq_length
@@ -342,7 +349,7 @@ class TextDataModule(L.LightningDataModule):
     def tokenizer_name(self) -> str:
         if self.meta is not None:
             return self.meta["tokenizer"]
-        return self.hparams.tokenizer or "byte"
+        return self.hparams.tokenizer or EMBEDDED_TOKENIZER
 
     @property
     def tokenizer(self):
@@ -353,7 +360,7 @@ class TextDataModule(L.LightningDataModule):
         return self.meta["vocab_size"] if self.meta is not None else self.tokenizer.vocab_size
 
     def _read_meta(self) -> dict:
-        directory = self.data_dir if self.data_dir is not None else self._embedded_dir()
+        directory = self.root
         meta = read_meta(directory, "text", PREPARE_TEXT_HINT)
         wanted = self.hparams.tokenizer
         if wanted is not None and wanted != meta["tokenizer"]:
@@ -364,17 +371,15 @@ class TextDataModule(L.LightningDataModule):
         self.meta = meta
         return meta
 
-    def _embedded_dir(self) -> Path:
-        return cache_root() / "text" / f"pydoc-topics-{self.hparams.tokenizer or 'byte'}"
-
     @property
     def root(self) -> Path:
-        return self.data_dir if self.data_dir is not None else self._embedded_dir()
+        """The prepared directory: ``data_dir``, or where the built-in corpus is prepared."""
+        return self.data_dir if self.data_dir is not None else embedded_text_dir(self.hparams.tokenizer or EMBEDDED_TOKENIZER)
 
     # ---- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.embedded:
-            prepare_embedded_text(self.hparams.tokenizer or "byte", root=self._embedded_dir().parent)
+            prepare_embedded_text(self.hparams.tokenizer or EMBEDDED_TOKENIZER)
 
     def setup(self, stage: Optional[str] = None) -> None:
         meta = self._read_meta()

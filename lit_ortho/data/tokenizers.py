@@ -1,16 +1,19 @@
 """Tokenizers for the text pipeline: GPT-2 BPE (tiktoken) and a byte-level tokenizer that needs nothing.
 
-Both end every document with an end-of-text token (``eot_id``), as GPT-2 training data does.
+Both end every document with an end-of-text token (``eot_id``), as GPT-2 training data does; its text
+form, :data:`EOT_TEXT`, also separates documents in plain-text inputs (see ``text.iter_documents``).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from typing import Callable, Protocol
 
-__all__ = ["Tokenizer", "ByteTokenizer", "TiktokenTokenizer", "get_tokenizer", "TOKENIZERS"]
+from lit_ortho.data._common import check_choice
 
-EOT_TEXT = "<|endoftext|>"
+__all__ = ["Tokenizer", "ByteTokenizer", "TiktokenTokenizer", "get_tokenizer", "check_tokenizer", "TOKENIZERS", "EOT_TEXT"]
+
+EOT_TEXT = "<|endoftext|>"  # GPT-2's end-of-text token, as text
 
 
 class Tokenizer(Protocol):
@@ -24,7 +27,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as tokens 0..255, plus ``<|endoftext|>`` = 256 (vocabulary 257). Works offline."""
+    """UTF-8 bytes as tokens 0..255, plus :data:`EOT_TEXT` = 256 (vocabulary 257). Works offline."""
 
     name = "byte"
     vocab_size = 257
@@ -40,10 +43,10 @@ class ByteTokenizer:
                 out.append(run.decode("utf-8", errors="replace"))
                 out.append(EOT_TEXT)
                 run = bytearray()
-            elif 0 <= i < 256:
+            elif 0 <= i < self.eot_id:
                 run.append(i)
             else:
-                raise ValueError(f"token id {i} is outside the byte tokenizer's vocabulary (0..256)")
+                raise ValueError(f"token id {i} is outside the byte tokenizer's vocabulary (0..{self.vocab_size - 1})")
         out.append(run.decode("utf-8", errors="replace"))
         return "".join(out)
 
@@ -78,14 +81,20 @@ class TiktokenTokenizer:
         return self._enc.decode(list(ids))
 
 
-TOKENIZERS = ("gpt2", "byte")
+# The one registry of tokenizer names (its order is the order error messages and the CLI list them).
+_FACTORIES: dict[str, Callable[[], Tokenizer]] = {
+    "gpt2": lambda: TiktokenTokenizer("gpt2"),
+    "byte": ByteTokenizer,
+}
+TOKENIZERS = tuple(_FACTORIES)
+
+
+def check_tokenizer(name: str) -> str:
+    """``name`` if it is a tokenizer name, else a :class:`~lit_ortho.data.DataError` naming the choices."""
+    return check_choice(name, TOKENIZERS, "tokenizer")
 
 
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name: str) -> Tokenizer:
     """``"gpt2"`` (GPT-2 BPE via tiktoken) or ``"byte"``."""
-    if name == "byte":
-        return ByteTokenizer()
-    if name == "gpt2":
-        return TiktokenTokenizer("gpt2")
-    raise ValueError(f"unknown tokenizer {name!r}; valid choices: {', '.join(TOKENIZERS)}")
+    return _FACTORIES[check_tokenizer(name)]()

@@ -1,6 +1,6 @@
 """Model definitions: GPT-2 (one readable file + config dataclass) and timm's ConvNeXt family."""
 
-from lit_ortho.models.convnext import GELU_TYPES, convnext_names, create_convnext, freeze_all_but_activations_and_head
+from lit_ortho.models.convnext import convnext_names, create_convnext, freeze_all_but_activations_and_head
 from lit_ortho.models.gpt import GPT, GPT_SIZES, GPTConfig, layer_activation_specs
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "create_convnext",
     "convnext_names",
     "freeze_all_but_activations_and_head",
-    "GELU_TYPES",
 ]

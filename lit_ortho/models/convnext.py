@@ -19,24 +19,10 @@ from typing import Any, Optional
 
 from torch import nn
 
-from lit_ortho.activations import LearnableActivation
-from lit_ortho.spec import activation_factory, build_activation, replace_activations
+from lit_ortho.activations import LearnableActivation, activation_factory, build_activation, is_gelu, replace_activations
+from lit_ortho.errors import check_choice
 
-__all__ = ["create_convnext", "convnext_names", "freeze_all_but_activations_and_head", "GELU_TYPES"]
-
-
-def _gelu_types() -> tuple[type, ...]:
-    types: list[type] = [nn.GELU]
-    try:  # timm builds its own GELU classes, which are not subclasses of nn.GELU
-        from timm.layers import activations as timm_act
-
-        types += [getattr(timm_act, n) for n in ("GELU", "GELUTanh") if hasattr(timm_act, n)]
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return tuple(types)
-
-
-GELU_TYPES = _gelu_types()
+__all__ = ["create_convnext", "convnext_names", "freeze_all_but_activations_and_head"]
 
 
 def convnext_names() -> list[str]:
@@ -71,9 +57,7 @@ def create_convnext(
     """
     import timm
 
-    names = convnext_names()
-    if model_name not in names:
-        raise ValueError(f"unknown ConvNeXt model {model_name!r}; valid choices: {', '.join(names)}")
+    check_choice(model_name, convnext_names(), "ConvNeXt model")
     common = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
     if pretrained is None:
         return timm.create_model(model_name, act_layer=activation_factory(activation), **common)
@@ -83,10 +67,10 @@ def create_convnext(
         raise FileNotFoundError(f"pretrained weights file not found: {path!r} (nothing is downloaded; give a local file)")
     model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common)
     probe = build_activation(activation)
-    if isinstance(probe, GELU_TYPES) and not isinstance(probe, LearnableActivation):
+    if is_gelu(probe):
         return model  # the released activation: nothing to replace
     init = activation_init if isinstance(probe, LearnableActivation) else None
-    replace_activations(model, activation, types=GELU_TYPES, init=init)
+    replace_activations(model, activation, init=init)
     return model
 
 

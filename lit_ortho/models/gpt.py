@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_ortho.spec import build_activation, parse_activation_spec
+from lit_ortho.activations.spec import build_activation, parse_activation_spec
 
 __all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "GPT_SIZES", "layer_activation_specs"]
 

@@ -6,14 +6,14 @@
     build_activation({"name": "fourier", "degree": 5, "per_channel": 3072})
     build_activation(nn.SiLU)                       # a module class or zero-argument factory
 
-A registry maps names to factories (timm-style); ``register_activation`` adds your own family.
+A registry maps names to factories (timm-style); ``register_activation`` adds your own family. The
+registry sits below the activation classes: they register themselves, and the initialisation code
+builds fit targets (``init="gelu"``) from it.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import fnmatch
 import functools
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 import yaml
 from torch import nn
+
+from lit_ortho.errors import did_you_mean, unknown_choice
 
 __all__ = [
     "ActivationSpec",
@@ -30,33 +32,11 @@ __all__ = [
     "list_activations",
     "parse_activation_spec",
     "spec_of",
-    "replace_activations",
 ]
 
 ActivationSpec = Union[str, Mapping[str, Any], Callable[[], nn.Module], nn.Module]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_MIN_DEGREE, _MAX_DEGREE = 1, 32
-
-
-# ---- validation helpers (used by the activation modules too) ---------------------------------------
-def _suggest(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def check_choice(value: Any, choices: Sequence[str], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}.{_suggest(value, choices)}")
-    return value
-
-
-def check_degree(degree: Any, family: str) -> int:
-    if isinstance(degree, bool) or not isinstance(degree, int) or not _MIN_DEGREE <= degree <= _MAX_DEGREE:
-        raise ValueError(
-            f"{family}: degree must be an integer from {_MIN_DEGREE} to {_MAX_DEGREE}, got {degree!r}"
-        )
-    return degree
 
 
 # ---- registry --------------------------------------------------------------------------------------
@@ -82,11 +62,8 @@ def list_activations() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _register_builtins() -> None:
-    from lit_ortho import activations as A
-
-    for cls in (A.HermiteActivation, A.FourierActivation, A.TropicalActivation, A.TropicalRationalActivation):
-        register_activation(cls.family, cls)
+def _register_fixed_activations() -> None:
+    """torch's element-wise activations by name; the learnable families register themselves."""
     fixed = {
         "gelu": nn.GELU,
         "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
@@ -184,9 +161,7 @@ def parse_activation_spec(spec: Union[str, Mapping[str, Any]]) -> tuple[str, dic
         )
     key = name.strip().lower()
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown activation {name!r}; valid choices: {', '.join(list_activations())}.{_suggest(key, _REGISTRY)}"
-        )
+        raise unknown_choice("activation", name, list_activations())
     _check_keywords(key, kwargs)
     return key, kwargs
 
@@ -209,7 +184,7 @@ def _check_keywords(name: str, kwargs: Mapping[str, Any]) -> None:
     for key in kwargs:
         if key not in accepted:
             valid = ", ".join(accepted) if accepted else "none"
-            raise ValueError(f"{name}: unknown keyword {key!r}; valid keywords: {valid}.{_suggest(key, accepted)}")
+            raise ValueError(f"{name}: unknown keyword {key!r}; valid keywords: {valid}.{did_you_mean(key, accepted)}")
 
 
 # ---- building ----------------------------------------------------------------------------------------
@@ -269,70 +244,4 @@ def spec_of(module: nn.Module) -> Union[dict, str]:
     raise ValueError(f"{type(module).__name__} is not a registered activation; registered: {', '.join(list_activations())}")
 
 
-def _default_replace_types() -> tuple[type, ...]:
-    """GELU as torch and timm spell it: the activation the paper swaps out."""
-    from timm.layers import activations as timm_activations
-
-    return (nn.GELU, timm_activations.GELU, timm_activations.GELUTanh)
-
-
-# ---- swapping activations in an existing model --------------------------------------------------------
-def replace_activations(
-    model: nn.Module,
-    spec: ActivationSpec,
-    *,
-    types: Union[Sequence[type], str, None] = "gelu",
-    names: Optional[Sequence[str]] = None,
-    init: Optional[str] = None,
-) -> list[str]:
-    """Replace activation modules of ``model`` in place and return the replaced modules' names.
-
-    A module is replaced when it is an instance of one of ``types`` (the default ``"gelu"``: torch's
-    and timm's GELU classes; ``None``: any type) and, if
-    ``names`` is given, its qualified name matches one of those globs (``"blocks.*.mlp.act"``).
-    ``init`` overrides the spec's init; ``init="replaced"`` fits each new activation to the module it
-    replaces (e.g. to GELU before fine-tuning a pretrained model, as in the paper); fits to a
-    registered activation are computed once per process, so a 12-layer model fits once.
-    """
-    from lit_ortho.activations import LearnableActivation
-    from lit_ortho.fitting import fit_activation
-
-    if types is None and names is None:
-        raise ValueError("replace_activations needs types=, names= or both to choose what to replace")
-    if isinstance(names, str):
-        names = [names]
-    if types == "gelu":
-        types = _default_replace_types()
-    elif types is not None:
-        types = tuple(types)
-    targets = [
-        (qualified, module)
-        for qualified, module in model.named_modules()
-        if qualified
-        and (types is None or isinstance(module, types))
-        and (names is None or any(fnmatch.fnmatchcase(qualified, pattern) for pattern in names))
-    ]
-    if not targets:
-        kinds = sorted({type(m).__name__ for _, m in model.named_modules()})
-        raise ValueError(
-            f"replace_activations matched no module (types={[t.__name__ for t in types] if types else None}, "
-            f"names={list(names) if names else None}); the model's module types are: {', '.join(kinds)}"
-        )
-    overrides = {} if init in (None, "replaced") else {"init": init}
-    for qualified, old in targets:
-        new = build_activation(spec, **overrides)
-        if init == "replaced":
-            if not isinstance(new, LearnableActivation):
-                raise ValueError(f"init='replaced' fits a learnable activation; {spec!r} builds {type(new).__name__}")
-            fit_activation(new, old)
-            try:  # record what it was fitted to, so the module's spec says so
-                new.init = spec_of(old) if not isinstance(old, LearnableActivation) else old.spec()
-            except ValueError:
-                pass
-        parent_name, _, child = qualified.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-    return [q for q, _ in targets]
-
-
-_register_builtins()
+_register_fixed_activations()

@@ -1,58 +1,60 @@
 """The Triton kernels as ``torch.library`` custom ops, with fake (meta) and autograd registrations.
 
-For each family, two ops in the ``lit_ortho`` namespace::
+For each family with kernels (``Family.triton``), two ops in the ``lit_ortho`` namespace::
 
     lit_ortho::hermite(Tensor x, Tensor coefficients, int channel_dim) -> Tensor
     lit_ortho::hermite_backward(Tensor grad, Tensor x, Tensor coefficients, int channel_dim,
                                 bool need_x, bool need_values) -> (Tensor, Tensor)
 
-and likewise ``fourier`` (bias, amplitudes, phases, frequencies), ``tropical`` (intercepts, scale: a
-buffer, no gradient) and ``tropical_rational`` (num_slopes, num_intercepts, den_slopes,
-den_intercepts). The forward op saves only ``x`` and the coefficients for backward (GELU's own
-footprint). ``torch.compile(fullgraph=True)`` traces them as single nodes: no graph breaks.
-Double backward (``create_graph=True``) recomputes F with the eager Function and differentiates that.
+with the family's values in its record's order; the backward returns a gradient for ``x`` and for each
+learnable value. The forward op saves only ``x`` and the values for backward (GELU's own footprint).
+``torch.compile(fullgraph=True)`` traces them as single nodes. Double backward (``create_graph=True``)
+recomputes F with the family's eager Function and differentiates that.
 
-Registering the ops imports no triton; the kernels are imported on the first real call.
+Ops are registered the first time :func:`op` is called for a family; registering imports no triton.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 import torch
 
-__all__ = ["VALUE_NAMES", "LEARNABLE", "op", "backward_op"]
+from lit_ortho.activations.family import Family, get_family
+from lit_ortho.activations.kernels import check_device
+
+__all__ = ["op", "backward_op", "NAMESPACE"]
 
 NAMESPACE = "lit_ortho"
-# Each family's value tensors, in the order of LearnableActivation.value_names, and which of them
-# get a gradient (Tropical's scale is a fixed buffer).
-VALUE_NAMES: dict[str, tuple[str, ...]] = {
-    "hermite": ("coefficients",),
-    "fourier": ("bias", "amplitudes", "phases", "frequencies"),
-    "tropical": ("intercepts", "scale"),
-    "tropical_rational": ("num_slopes", "num_intercepts", "den_slopes", "den_intercepts"),
-}
-LEARNABLE: dict[str, tuple[bool, ...]] = {
-    "hermite": (True,),
-    "fourier": (True, True, True, True),
-    "tropical": (True, False),
-    "tropical_rational": (True, True, True, True),
-}
-
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+_REGISTERED: set[str] = set()
 
 
 def op(family: str):
     """The forward op of a family: ``op("hermite")(x, coefficients, channel_dim)``."""
+    _register(get_family(family))
     return getattr(getattr(torch.ops, NAMESPACE), family)
 
 
 def backward_op(family: str):
+    _register(get_family(family))
     return getattr(getattr(torch.ops, NAMESPACE), f"{family}_backward")
 
 
-def _register(family: str) -> None:
-    names, learnable = VALUE_NAMES[family], LEARNABLE[family]
+def _launchers(record: Family):
+    if record.triton is None:
+        raise RuntimeError(f"the {record.name!r} family has no Triton kernels; use backend='eager' or 'auto'")
+    return importlib.import_module(record.triton)
+
+
+def _register(record: Family) -> None:
+    family = record.name
+    if family in _REGISTERED:
+        return
+    if record.triton is None:
+        _launchers(record)  # raises, naming the family
+    names, learnable = record.value_names, record.learnable_mask
     n_values = len(names)
     tensors = ", ".join(f"Tensor {n}" for n in names)
     grads = ", ".join(["Tensor"] * (1 + sum(learnable)))
@@ -63,16 +65,12 @@ def _register(family: str) -> None:
     qualname, bwd_qualname = f"{NAMESPACE}::{family}", f"{NAMESPACE}::{family}_backward"
 
     def forward_impl(x, *args):
-        from lit_ortho.kernels import _triton, check_device
-
         check_device(x)
-        return _triton.FORWARD[family](x, *args)
+        return _launchers(record).forward(x, *args)
 
     def backward_impl(grad, x, *args):
-        from lit_ortho.kernels import _triton, check_device
-
         check_device(x)
-        return tuple(_triton.BACKWARD[family](grad, x, *args))
+        return tuple(_launchers(record).backward(grad, x, *args))
 
     for key in ("CPU", "CUDA"):
         _lib.impl(family, forward_impl, key)
@@ -99,7 +97,7 @@ def _register(family: str) -> None:
         x, *values = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients are not differentiable
-            return _differentiable_backward(family, ctx.channel_dim, grad, x, values, needs)
+            return _differentiable_backward(record, ctx.channel_dim, grad, x, values, needs)
         need_x = bool(needs[0])
         need_values = any(n for n, learn in zip(needs[1 : 1 + n_values], learnable) if learn)
         grads = backward_op(family)(grad, x, *values, ctx.channel_dim, need_x, need_values)
@@ -112,27 +110,15 @@ def _register(family: str) -> None:
         return tuple(out)
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_lib)
+    _REGISTERED.add(family)
 
 
-def _differentiable_backward(family, channel_dim, grad, x, values, needs):
+def _differentiable_backward(record: Family, channel_dim, grad, x, values, needs):
     """Gradients as a differentiable graph (double backward): recompute F with the eager autograd
     Function and differentiate it with ``create_graph=True``. Slower, but any order works."""
-    from lit_ortho.activations import LearnableActivation
-
-    eager = next(cls for cls in _subclasses(LearnableActivation) if cls.family == family).function
     wanted = [t for t, n in zip((x, *values), needs) if n]
-    y = eager(x, *values, channel_dim=channel_dim)
+    y = record.eager(x, *values, channel_dim=channel_dim)
     grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=True, allow_unused=True))
     out = [next(grads) if n else None for n in needs[: 1 + len(values)]]
     out = [torch.zeros_like(t) if g is None and n else g for g, t, n in zip(out, (x, *values), needs)]
     return (*out, None)
-
-
-def _subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
-
-
-for _family in VALUE_NAMES:
-    _register(_family)

@@ -1,0 +1,72 @@
+"""Tensor helpers every family's math uses: the compute dtype, coefficient broadcasting, channel sums.
+
+Coefficients are ``[K]`` (one set per layer, the paper) or ``[C, K]`` (one set per channel, along
+``channel_dim`` of the input). ``columns(coef, x, channel_dim)`` gives the K coefficients, each shaped
+to broadcast against ``x``; ``reduce_channels`` sums a gradient back to a coefficient's shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["inverse_factorials", "compute_dtype", "broadcast_to_channels", "columns", "reduce_channels", "dot"]
+
+
+def inverse_factorials(n: int) -> list[float]:
+    """[1/0!, 1/1!, ..., 1/n!]: the Hermite basis normalisation and the Fourier term weights."""
+    return [1.0 / math.factorial(k) for k in range(n + 1)]
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for every input dtype (bf16/fp16 included), float64 only for float64 (gradcheck)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def broadcast_to_channels(coef: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    """Shape a per-layer ``[]`` or per-channel ``[C]`` coefficient to broadcast against ``x``."""
+    if coef.dim() == 0:
+        return coef
+    shape = [1] * x.dim()
+    shape[channel_dim] = coef.shape[0]
+    return coef.reshape(shape)
+
+
+@torch.library.custom_op("lit_ortho::coefficient_columns", mutates_args=())
+def _transposed_copy(coef: Tensor) -> Tensor:
+    """``[C, K]`` per-channel coefficients as a materialised ``[K, C]`` tensor. A custom op because
+    inductor inlines a transpose or ``.contiguous()`` into its consumer: the vector loop would then
+    read each column with stride K, and inductor falls back to a scalar loop for such loads."""
+    return coef.t().clone(memory_format=torch.contiguous_format)
+
+
+@_transposed_copy.register_fake
+def _(coef: Tensor) -> Tensor:
+    return coef.new_empty((coef.shape[1], coef.shape[0]))
+
+
+def columns(coef: Tensor, x: Tensor, channel_dim: int, contiguous: bool = False) -> list[Tensor]:
+    """The K columns of a ``[K]`` or ``[C, K]`` coefficient tensor, each shaped to broadcast against ``x``.
+
+    ``contiguous=True`` (the compiled twins) makes each per-channel column a contiguous ``[C]`` tensor,
+    so inductor keeps the loop over ``x`` vectorised; eager code takes strided views (no copy).
+    """
+    rows = _transposed_copy(coef) if contiguous and coef.dim() == 2 else coef.movedim(-1, 0)
+    return [broadcast_to_channels(rows[k], x, channel_dim) for k in range(coef.shape[-1])]
+
+
+def reduce_channels(t: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
+    """Sum over every element (shared coefficients) or over all but the channel dimension."""
+    if not per_channel:
+        return t.sum()
+    dim = channel_dim % t.dim()
+    return t.sum(dim=[d for d in range(t.dim()) if d != dim])
+
+
+def dot(g: Tensor, h: Tensor, per_channel: bool, channel_dim: int) -> Tensor:
+    """sum(g * h) overall or per channel; one fused pass in the shared case."""
+    if not per_channel:
+        return torch.dot(g.reshape(-1), h.reshape(-1)) if h.shape == g.shape else (g * h).sum()
+    return reduce_channels(g * h, per_channel, channel_dim)

@@ -1,0 +1,279 @@
+"""Fourier: F(x) = a_0 + sum_{k=1..n} c_k cos(w_k x - phi_k)/k!, with learnable a_0, c, phi and w.
+
+Two formulations of the same function and gradients, both saving only x and the coefficients:
+
+* ``_FourierFunction`` (eager): ``torch.cos`` / ``torch.sin`` per term;
+* ``_FourierCompiled`` (traced by ``torch.compile``): one range reduction to [-pi/2, pi/2] and two
+  short polynomials give sin and cos together (float32: max abs error 1.5e-7, about one rounding),
+  with no select or branch; float64 inputs keep ``torch.sin``/``torch.cos``. The polynomials use
+  inductor's fused multiply-add, and the backward computes dx inside the loop of the 3K+1 coefficient
+  sums rather than in a second loop that would recompute every sine. With shared coefficients the
+  sums go row by row, which spares inductor its per-vector cascade-summation bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lit_ortho.activations.base import LearnableActivation
+from lit_ortho.activations.elementwise import columns, compute_dtype, inverse_factorials, reduce_channels
+from lit_ortho.activations.family import Family, register_family
+from lit_ortho.activations.init import lbfgs_fit
+from lit_ortho.activations.spec import register_activation
+
+__all__ = ["FourierActivation", "FOURIER_C", "fourier", "fourier_compiled", "sincos", "cos"]
+
+FOURIER_C = 1.0 / math.sqrt(1.0 + sum(1.0 / math.factorial(k) ** 2 for k in range(1, 40)))  # 1/sqrt(I0(2))
+
+
+# ---- eager ---------------------------------------------------------------------------------------
+class _FourierFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
+        ctx.save_for_backward(x, bias, amplitudes, phases, frequencies)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        c, phi, w = (columns(t.to(dtype), xf, channel_dim) for t in (amplitudes, phases, frequencies))
+        y = torch.zeros_like(xf) + columns(bias.to(dtype), xf, channel_dim)[0]
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
+            y = y + (c[k] * inv_fact) * torch.cos(w[k] * xf - phi[k])
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, bias, amplitudes, phases, frequencies = ctx.saved_tensors
+        dtype = compute_dtype(x)
+        xf, g = x.to(dtype), grad_out.to(dtype)
+        cd, per_channel = ctx.channel_dim, bias.dim() == 2
+        c, phi, w = (columns(t.to(dtype), xf, cd) for t in (amplitudes, phases, frequencies))
+        dydx = torch.zeros_like(xf)
+        grad_c, grad_phi, grad_w = [], [], []
+        gx = g * xf
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
+            z = w[k] * xf - phi[k]
+            cos_z, sin_z = torch.cos(z), torch.sin(z)
+            ck = c[k] * inv_fact
+            dydx = dydx - (ck * w[k]) * sin_z
+            grad_c.append(reduce_channels(g * cos_z, per_channel, cd) * inv_fact)
+            # dF/dphi = ck sin z,  dF/dw = -ck x sin z: reduce first, scale by the coefficient after.
+            s_g = reduce_channels(g * sin_z, per_channel, cd)
+            s_gx = reduce_channels(gx * sin_z, per_channel, cd)
+            grad_phi.append(s_g * amplitudes[..., k].to(dtype) * inv_fact)
+            grad_w.append(-s_gx * amplitudes[..., k].to(dtype) * inv_fact)
+        grad_x = (g * dydx).to(x.dtype)
+        grad_bias = reduce_channels(g, per_channel, cd).reshape(bias.shape).to(bias.dtype)
+        return (
+            grad_x,
+            grad_bias,
+            torch.stack(grad_c, dim=-1).to(amplitudes.dtype),
+            torch.stack(grad_phi, dim=-1).to(phases.dtype),
+            torch.stack(grad_w, dim=-1).to(frequencies.dtype),
+            None,
+        )
+
+
+# ---- compiled: sine and cosine by polynomials, one pass each way ------------------------------------
+_INV_PI = 1.0 / math.pi
+# pi in three parts (8, 11 and 24 significant bits): j * part is exact for |j| < 2**13.
+PI_PARTS = (3.140625, 9.67502593994140625e-4, 1.509957990978376432e-7)
+# Near-minimax polynomials on [-pi/2, pi/2] in t = r^2 (fitted here; max abs error 1.5e-7 in float32):
+# sin r = r * S(t), cos r = C(t).
+SIN_COEFFS = (1.0, -0.16666658222675323, 0.008333050645887852, -0.00019809075456578285, 2.6052248358610086e-06)
+COS_COEFFS = (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.476016197761055e-05, -2.605149518331018e-07)
+
+
+def fma(a, b, c):
+    """a * b + c. Inductor lowers this prim to a vector fused multiply-add; written as ``a * b + c``
+    its C++ backend keeps a multiply and an add (it compiles with -ffp-contract=off): the sine and
+    cosine polynomials below are chains of these, so this halves their instruction count."""
+    from torch._inductor import inductor_prims  # registers the prim; imported here, not with lit_ortho (2 s)
+
+    return inductor_prims.fma(a, b, c)
+
+
+def _reduce_pi(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z = j pi + r with r in [-pi/2, pi/2]: (r, r^2, (-1)^j), all without branches or selects."""
+    j = torch.floor(fma(z, _INV_PI, 0.5))
+    r = fma(j, -PI_PARTS[2], fma(j, -PI_PARTS[1], fma(j, -PI_PARTS[0], z)))
+    half = j * 0.5
+    sign = fma(half - torch.floor(half), -4.0, 1.0)  # frac(j / 2) is 0 or 1/2
+    return r, r * r, sign
+
+
+def _horner(t: Tensor, coeffs) -> Tensor:
+    acc = fma(t, coeffs[-1], coeffs[-2])
+    for c in reversed(coeffs[:-2]):
+        acc = fma(acc, t, c)
+    return acc
+
+
+def sincos(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(sin z, cos z) from one shared range reduction and two short polynomials (float32);
+    float64 inputs use torch.sin / torch.cos."""
+    if z.dtype == torch.float64:
+        return torch.sin(z), torch.cos(z)
+    r, t, sign = _reduce_pi(z)
+    return (sign * r) * _horner(t, SIN_COEFFS), sign * _horner(t, COS_COEFFS)
+
+
+def cos(z: Tensor) -> Tensor:
+    if z.dtype == torch.float64:
+        return torch.cos(z)
+    _, t, sign = _reduce_pi(z)
+    return sign * _horner(t, COS_COEFFS)
+
+
+def zero_reading(t: Tensor) -> Tensor:
+    """Exact zeros shaped like ``t``, NaN and inf included (``fmin(t * 0, 0)``: fmin drops the NaN),
+    that inductor still sees as a read of ``t``: a way to steer its loop fusion without changing any
+    value."""
+    return torch.fmin(t * 0.0, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+# Inductor sums more than this many float32 elements with a cascade-summation helper that it updates
+# in memory for every vector: about 10 % of Fourier-5's time for its 16 sums. Rows up to this length
+# are summed with plain vector adds, and the row sums then by the helper (few elements).
+ROW_SUM_LIMIT = 4096
+
+
+def sums_by_rows(x: Tensor, per_channel: bool) -> bool:
+    """Whether the shared-coefficient sums over ``x`` go row by row (the last dim) and then over rows."""
+    return not per_channel and x.dim() >= 2 and 1 < x.shape[-1] <= ROW_SUM_LIMIT
+
+
+class _FourierCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, amplitudes, phases, frequencies, channel_dim: int):
+        ctx.save_for_backward(x, bias, amplitudes, phases, frequencies)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        c, phi, w = (columns(t.to(dtype), xf, channel_dim, contiguous=True) for t in (amplitudes, phases, frequencies))
+        y = torch.zeros_like(xf) + columns(bias.to(dtype), xf, channel_dim, contiguous=True)[0]
+        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
+            y = fma(c[k] * inv_fact, cos(fma(w[k], xf, -phi[k])), y)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, bias, amplitudes, phases, frequencies = ctx.saved_tensors
+        dtype = compute_dtype(x)
+        cd, per_channel = ctx.channel_dim, bias.dim() == 2
+        xf, g = x.to(dtype), grad_out.to(dtype)
+        c, phi, w = (columns(t.to(dtype), xf, cd, contiguous=True) for t in (amplitudes, phases, frequencies))
+        inv_facts = inverse_factorials(amplitudes.shape[-1])[1:]
+        trig = [sincos(fma(w[k], xf, -phi[k])) for k in range(len(inv_facts))]  # (sin z_k, cos z_k)
+        dydx = torch.zeros_like(xf)
+        for k, inv_fact in enumerate(inv_facts):
+            dydx = fma(c[k] * (-inv_fact) * w[k], trig[k][0], dydx)
+        grad_x = g * dydx
+        if sums_by_rows(xf, per_channel):
+            # the row sums are 2-D loops (rows x last dim): dx must read a per-row value, or inductor
+            # flattens its loop to 1-D and cannot fuse it with them
+            grad_x = grad_x + zero_reading(xf[..., :1])
+            total = lambda t: t.sum(-1).sum()  # noqa: E731
+        else:
+            total = lambda t: reduce_channels(t, per_channel, cd)  # noqa: E731
+        # One pass over the elements for dx and all 3K+1 sums. Inductor schedules the sums first and
+        # fuses a pointwise node only into a later reduction, so dx would get a second pass that
+        # recomputes every sine; a sum that reads dx fuses dx's loop into its own instead.
+        grad_bias = total(g + zero_reading(grad_x))
+        gx = g * xf
+        grad_c, grad_phi, grad_w = [], [], []
+        for k, ((sin_z, cos_z), inv_fact) in enumerate(zip(trig, inv_facts)):
+            weight = amplitudes[..., k].to(dtype) * inv_fact
+            grad_c.append(total(g * cos_z) * inv_fact)
+            grad_phi.append(total(g * sin_z) * weight)
+            grad_w.append(-total(gx * sin_z) * weight)
+        stack = lambda t, ref: torch.stack(t, dim=-1).to(ref.dtype)  # noqa: E731
+        return (grad_x.to(x.dtype), grad_bias.reshape(bias.shape).to(bias.dtype), stack(grad_c, amplitudes),
+                stack(grad_phi, phases), stack(grad_w, frequencies), None)
+
+
+def fourier(x, bias, amplitudes, phases, frequencies, channel_dim=-1):
+    return _FourierFunction.apply(x, bias, amplitudes, phases, frequencies, channel_dim)
+
+
+def fourier_compiled(x, bias, amplitudes, phases, frequencies, channel_dim=-1):
+    return _FourierCompiled.apply(x, bias, amplitudes, phases, frequencies, channel_dim)
+
+
+def _fit_fourier(module, x, y, dy, weight) -> dict[str, Tensor]:
+    """Linear least squares over (a0, cos, sin) at frequencies k*w0 for a few w0, then L-BFGS on all."""
+    n = module.degree
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    fact = torch.tensor([math.factorial(int(i)) for i in k], dtype=torch.float64)
+    best = None
+    for w0 in torch.linspace(0.1, 1.5, 15, dtype=torch.float64):
+        w = k * w0
+        z = x[:, None] * w
+        A = torch.cat([torch.ones_like(x)[:, None], torch.cos(z), torch.sin(z)], dim=1)
+        dA = torch.cat([torch.zeros_like(x)[:, None], -w * torch.sin(z), w * torch.cos(z)], dim=1)
+        rw = torch.cat([weight, weight]).sqrt()
+        M, b = torch.cat([A, dA]) * rw[:, None], torch.cat([y, dy]) * rw
+        sol = torch.linalg.lstsq(M, b[:, None], driver="gelsd").solution[:, 0]
+        residual = float(((M @ sol - b) ** 2).mean())
+        if best is None or residual < best[0]:
+            best = (residual, w, sol)
+    _, w, sol = best
+    a, b = sol[1 : n + 1], sol[n + 1 :]
+    # a cos(wx) + b sin(wx) = R cos(wx - phi) with R = hypot(a, b), phi = atan2(b, a); c_k = R k!.
+    start = {
+        "bias": sol[:1],
+        "amplitudes": torch.hypot(a, b) * fact,
+        "phases": torch.atan2(b, a),
+        "frequencies": w,
+    }
+    return lbfgs_fit(module, x, y, dy, weight, start, trainable=("bias", "amplitudes", "phases", "frequencies"))
+
+
+FOURIER = register_family(Family(
+    name="fourier",
+    value_names=("bias", "amplitudes", "phases", "frequencies"),
+    learnable=("bias", "amplitudes", "phases", "frequencies"),
+    eager=fourier,
+    compiled=fourier_compiled,
+    triton="lit_ortho.activations.kernels.triton_fourier",
+    fit=_fit_fourier,
+))
+
+
+class FourierActivation(LearnableActivation):
+    """F(x) = a_0 + sum_{k=1..n} c_k cos(w_k x - phi_k)/k!, with learnable a_0, c, phi and w."""
+
+    family = "fourier"
+
+    def _create_parameters(self) -> None:
+        n = self.degree
+        self.bias = self._coef(1)
+        self.amplitudes = self._coef(n)
+        self.phases = self._coef(n)
+        self.frequencies = self._coef(n)
+
+    def _init_paper(self) -> None:
+        # cos(kx - pi/4) carries half the energy of the sin-cos pair the theory assumes: amplitude c*sqrt(2).
+        self._init_phase_form(amplitude=FOURIER_C * math.sqrt(2.0))
+
+    def _init_torchortho(self) -> None:
+        self._init_phase_form(amplitude=FOURIER_C)
+
+    def _init_phase_form(self, amplitude: float) -> None:
+        n = self.degree
+        self.set_shared(
+            bias=[FOURIER_C * math.sqrt(1.0 - 1.0 / math.factorial(n) ** 2)],
+            amplitudes=torch.full((n,), amplitude),
+            phases=torch.full((n,), math.pi / 4),
+            frequencies=torch.arange(1, n + 1, dtype=torch.float32),
+        )
+
+    def scale_output(self, alpha: float, beta: float) -> None:
+        with torch.no_grad():
+            self.amplitudes.mul_(alpha)
+            self.bias.mul_(alpha).add_(beta)
+
+
+register_activation(FourierActivation.family, FourierActivation)

@@ -1,0 +1,364 @@
+"""Tropical (max-plus) activations.
+
+* Tropical: F(x) = s * max_{k=0..n}(k x + c_k), fixed slopes 0..n, learnable intercepts c_k;
+* Tropical rational: F(x) = max_k(p_k x + c_k) - max_k(q_k x + d_k), any continuous piecewise-linear
+  function.
+
+Both save only x and the coefficients and recompute the winning piece in backward. The eager path
+tracks the argmax as uint8 and sums the coefficient gradients with one ``bincount``; the compiled twin
+(traced by ``torch.compile``) uses ``where`` and K masked sums instead, because ``bincount``'s output
+shape depends on data (a graph break) while masked sums fuse into one pass. The first maximal piece
+wins ties in both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lit_ortho.activations.base import LearnableActivation
+from lit_ortho.activations.elementwise import columns, compute_dtype, reduce_channels
+from lit_ortho.activations.family import Family, register_family
+from lit_ortho.activations.init import fit_activation, lbfgs_fit
+from lit_ortho.activations.spec import register_activation
+
+__all__ = ["TropicalActivation", "TropicalRationalActivation", "tropical", "tropical_rational"]
+
+
+def fixed_slopes(K: int) -> list[float]:
+    """Tropical's slopes 0, 1, ..., K - 1."""
+    return [float(k) for k in range(K)]
+
+
+# ---- eager ---------------------------------------------------------------------------------------
+@torch.no_grad()  # values flow through the autograd Functions; argmax has no gradient
+def _running_max(x: Tensor, slopes, intercepts: list[Tensor], K: int, with_argmax: bool = False):
+    """Running max over the K lines without a [..., K] tensor; the argmax (uint8) only when asked."""
+    best = slopes[0] * x + intercepts[0]
+    arg = torch.zeros(x.shape, dtype=torch.uint8, device=x.device) if with_argmax else None
+    cand = torch.empty_like(best)
+    for k in range(1, K):
+        torch.add(slopes[k] * x, intercepts[k], out=cand)
+        if with_argmax:
+            arg.masked_fill_(cand > best, k)
+        torch.maximum(best, cand, out=best)
+    return best, arg
+
+
+def _scatter_by_argmax(weights: Tensor, arg: Tensor, K: int, per_channel: int, channel_dim: int) -> Tensor:
+    """Sum ``weights`` grouped by argmax piece (and channel): a bincount, not K masked reductions."""
+    w = weights.reshape(-1)
+    if not per_channel:
+        return torch.bincount(arg.reshape(-1).long(), weights=w, minlength=K).to(weights.dtype)
+    shape = [1] * arg.dim()
+    shape[channel_dim] = per_channel
+    channel = torch.arange(per_channel, device=arg.device).reshape(shape).expand(arg.shape)
+    index = channel.reshape(-1) * K + arg.reshape(-1).long()
+    return torch.bincount(index, weights=w, minlength=per_channel * K).reshape(per_channel, K).to(weights.dtype)
+
+
+class _TropicalFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, intercepts, scale, channel_dim: int):
+        ctx.save_for_backward(x, intercepts, scale)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        c = columns(intercepts.to(dtype), xf, channel_dim)
+        best, _ = _running_max(xf, fixed_slopes(intercepts.shape[-1]), c, intercepts.shape[-1])
+        return (best * scale.to(dtype)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, intercepts, scale = ctx.saved_tensors
+        dtype = compute_dtype(x)
+        xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
+        K = intercepts.shape[-1]
+        c = columns(intercepts.to(dtype), xf, ctx.channel_dim)
+        _, arg = _running_max(xf, fixed_slopes(intercepts.shape[-1]), c, K, with_argmax=True)
+        grad_x = (g * arg.to(dtype)).to(x.dtype)
+        per_channel = intercepts.shape[0] if intercepts.dim() == 2 else 0
+        grad_c = _scatter_by_argmax(g, arg, K, per_channel, ctx.channel_dim)
+        return grad_x, grad_c.to(intercepts.dtype), None, None
+
+
+class _TropicalRationalFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim: int):
+        ctx.save_for_backward(x, num_slopes, num_intercepts, den_slopes, den_intercepts)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        col = lambda t: columns(t.to(dtype), xf, channel_dim)  # noqa: E731
+        K = num_slopes.shape[-1]
+        num, _ = _running_max(xf, col(num_slopes), col(num_intercepts), K)
+        den, _ = _running_max(xf, col(den_slopes), col(den_intercepts), K)
+        return (num - den).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, p, c, q, d = ctx.saved_tensors
+        dtype = compute_dtype(x)
+        cd = ctx.channel_dim
+        xf, g = x.to(dtype), grad_out.to(dtype)
+        col = lambda t: columns(t.to(dtype), xf, cd)  # noqa: E731
+        K = p.shape[-1]
+        per_channel = p.shape[0] if p.dim() == 2 else 0
+        _, arg_num = _running_max(xf, col(p), col(c), K, with_argmax=True)
+        _, arg_den = _running_max(xf, col(q), col(d), K, with_argmax=True)
+        gx = g * xf
+        grad_p = _scatter_by_argmax(gx, arg_num, K, per_channel, cd)
+        grad_c = _scatter_by_argmax(g, arg_num, K, per_channel, cd)
+        grad_q = -_scatter_by_argmax(gx, arg_den, K, per_channel, cd)
+        grad_d = -_scatter_by_argmax(g, arg_den, K, per_channel, cd)
+        slope_num = _winning_slope(p.to(dtype), arg_num, cd)
+        slope_den = _winning_slope(q.to(dtype), arg_den, cd)
+        grad_x = (g * (slope_num - slope_den)).to(x.dtype)
+        return grad_x, grad_p.to(p.dtype), grad_c.to(c.dtype), grad_q.to(q.dtype), grad_d.to(d.dtype), None
+
+
+def _winning_slope(coef: Tensor, arg: Tensor, channel_dim: int) -> Tensor:
+    """coef[..., arg] element-wise: the slope of the winning piece at every element."""
+    if coef.dim() == 1:
+        return coef[arg.long()]
+    C, K = coef.shape
+    shape = [1] * arg.dim()
+    shape[channel_dim] = C
+    channel = torch.arange(C, device=arg.device).reshape(shape)
+    return coef.reshape(-1)[channel * K + arg.long()]
+
+
+# ---- compiled ------------------------------------------------------------------------------------
+def _running_max_where(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
+    """(max_k (s_k x + c_k), argmax as a float, slope of the argmax); the first maximum wins ties.
+    ``slopes`` is None for the fixed slopes 0..K-1."""
+    c = columns(intercepts, x, channel_dim, contiguous=True)
+    s = fixed_slopes(K) if slopes is None else columns(slopes, x, channel_dim, contiguous=True)
+    best = s[0] * x + c[0]
+    arg = torch.zeros_like(x)
+    win_slope = torch.zeros_like(x) + s[0]
+    for k in range(1, K):
+        cand = s[k] * x + c[k]
+        win = cand > best
+        arg = torch.where(win, float(k), arg)
+        win_slope = torch.where(win, s[k], win_slope)
+        best = torch.maximum(best, cand)
+    return best, arg, win_slope
+
+
+def _masked_sums(weights: Tensor, arg: Tensor, K: int, per_channel: bool, channel_dim: int) -> Tensor:
+    """[K] (or [C, K]) sums of ``weights`` over the elements whose argmax is k: fused by inductor."""
+    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    sums = [reduce_channels(torch.where(arg == float(k), weights, zero), per_channel, channel_dim) for k in range(K)]
+    return torch.stack(sums, dim=-1)
+
+
+class _TropicalCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, intercepts, scale, channel_dim: int):
+        ctx.save_for_backward(x, intercepts, scale)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        best, _, _ = _running_max_where(xf, None, intercepts.to(dtype), intercepts.shape[-1], channel_dim)
+        return (best * scale.to(dtype)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, intercepts, scale = ctx.saved_tensors
+        dtype, cd = compute_dtype(x), ctx.channel_dim
+        xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
+        K = intercepts.shape[-1]
+        _, arg, _ = _running_max_where(xf, None, intercepts.to(dtype), K, cd)
+        grad_x = (g * arg).to(x.dtype)
+        grad_c = _masked_sums(g, arg, K, intercepts.dim() == 2, cd)
+        return grad_x, grad_c.to(intercepts.dtype), None, None
+
+
+class _TropicalRationalCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim: int):
+        ctx.save_for_backward(x, num_slopes, num_intercepts, den_slopes, den_intercepts)
+        ctx.channel_dim = channel_dim
+        dtype = compute_dtype(x)
+        xf = x.to(dtype)
+        K = num_slopes.shape[-1]
+        num, _, _ = _running_max_where(xf, num_slopes.to(dtype), num_intercepts.to(dtype), K, channel_dim)
+        den, _, _ = _running_max_where(xf, den_slopes.to(dtype), den_intercepts.to(dtype), K, channel_dim)
+        return (num - den).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, p, c, q, d = ctx.saved_tensors
+        dtype, cd = compute_dtype(x), ctx.channel_dim
+        xf, g = x.to(dtype), grad_out.to(dtype)
+        K, per_channel = p.shape[-1], p.dim() == 2
+        _, arg_n, slope_n = _running_max_where(xf, p.to(dtype), c.to(dtype), K, cd)
+        _, arg_d, slope_d = _running_max_where(xf, q.to(dtype), d.to(dtype), K, cd)
+        gx = g * xf
+        grad_x = (g * (slope_n - slope_d)).to(x.dtype)
+        return (
+            grad_x,
+            _masked_sums(gx, arg_n, K, per_channel, cd).to(p.dtype),
+            _masked_sums(g, arg_n, K, per_channel, cd).to(c.dtype),
+            (-_masked_sums(gx, arg_d, K, per_channel, cd)).to(q.dtype),
+            (-_masked_sums(g, arg_d, K, per_channel, cd)).to(d.dtype),
+            None,
+        )
+
+
+def tropical(x, intercepts, scale, channel_dim=-1):
+    return _TropicalFunction.apply(x, intercepts, scale, channel_dim)
+
+
+def tropical_compiled(x, intercepts, scale, channel_dim=-1):
+    return _TropicalCompiled.apply(x, intercepts, scale, channel_dim)
+
+
+def tropical_rational(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim=-1):
+    return _TropicalRationalFunction.apply(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim)
+
+
+def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim=-1):
+    return _TropicalRationalCompiled.apply(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim)
+
+
+# ---- fitting to a target -------------------------------------------------------------------------
+def _slope_breakpoints(x: Tensor, dy: Tensor, slopes: Tensor) -> Tensor:
+    """Where the target's slope first reaches the midpoint between consecutive piece slopes."""
+    mids = (slopes[:-1] + slopes[1:]) / 2
+    idx = torch.searchsorted(torch.cummax(dy, 0).values.contiguous(), mids.contiguous()).clamp(max=len(x) - 1)
+    t = x[idx]
+    # Keep breakpoints strictly increasing so that no piece is dead at the start.
+    for i in range(1, len(t)):
+        t[i] = torch.maximum(t[i], t[i - 1] + 1e-3)
+    return t
+
+
+def _fit_tropical(module, x, y, dy, weight) -> dict[str, Tensor]:
+    n = module.degree
+    lo, hi = float(dy.min()), float(dy.max())
+    scale = torch.tensor(max(hi - min(lo, 0.0), 1e-3) / n, dtype=torch.float64)
+    t = _slope_breakpoints(x, dy, torch.arange(n + 1, dtype=torch.float64) * scale)
+    c = torch.zeros(n + 1, dtype=torch.float64)
+    c[1:] = -torch.cumsum(t, 0)
+    # Shift so the curve matches the target's mean level on the grid.
+    f0 = scale * torch.max(torch.arange(n + 1, dtype=torch.float64) * x[:, None] + c, dim=1).values
+    c = c + float((y - f0).mean()) / scale
+    return lbfgs_fit(module, x, y, dy, weight, {"intercepts": c, "scale": scale}, trainable=("intercepts", "scale"))
+
+
+def _fit_tropical_rational(module, x, y, dy, weight) -> dict[str, Tensor]:
+    """Start from g = (g + h) - h with h = lam x^2/2 making g + h convex; tangents of each at n+1 points."""
+    K = module.degree + 1
+    h = x[1] - x[0]
+    curvature = torch.diff(dy) / h
+    lam = float(max(0.0, -float(curvature.min()))) + 1e-2
+    s = torch.linspace(float(x[0]) * 0.8, float(x[-1]) * 0.8, K, dtype=torch.float64)
+    idx = torch.searchsorted(x.contiguous(), s.contiguous()).clamp(max=len(x) - 1)
+    g, dg = y[idx], dy[idx]
+    p = dg + lam * s
+    c = g + lam * s * s / 2 - p * s
+    q = lam * s
+    d = -lam * s * s / 2
+    start = {"num_slopes": p, "num_intercepts": c, "den_slopes": q, "den_intercepts": d}
+    return lbfgs_fit(module, x, y, dy, weight, start, trainable=tuple(start))
+
+
+TROPICAL = register_family(Family(
+    name="tropical",
+    value_names=("intercepts", "scale"),
+    learnable=("intercepts",),  # the scale is a fixed buffer
+    eager=tropical,
+    compiled=tropical_compiled,
+    triton="lit_ortho.activations.kernels.triton_tropical",
+    fit=_fit_tropical,
+))
+TROPICAL_RATIONAL = register_family(Family(
+    name="tropical_rational",
+    value_names=("num_slopes", "num_intercepts", "den_slopes", "den_intercepts"),
+    learnable=("num_slopes", "num_intercepts", "den_slopes", "den_intercepts"),
+    eager=tropical_rational,
+    compiled=tropical_rational_compiled,
+    triton="lit_ortho.activations.kernels.triton_tropical_rational",
+    fit=_fit_tropical_rational,
+))
+
+
+class TropicalActivation(LearnableActivation):
+    """F(x) = s * max_{k=0..n}(k x + c_k): max-plus polynomial with fixed slopes 0..n, learnable c_k.
+
+    ``s`` is a fixed buffer: sqrt(2)/n in the paper; the unit-gain init chooses it so E[F'^2] = 1.
+    """
+
+    family = "tropical"
+
+    def _create_parameters(self) -> None:
+        self.intercepts = self._coef(self.degree + 1)
+        self.register_buffer("scale", torch.tensor(math.sqrt(2.0) / self.degree))
+
+    def _init_paper(self) -> None:
+        # Equal intercepts c give sqrt(2) ReLU(x) + sqrt(2) c/n: c = 0 makes both gains exactly 1
+        # (torchortho's c = 1 inflates the forward gain to 1 + 4/(n sqrt(2 pi)) + 2/n^2).
+        self.scale.fill_(math.sqrt(2.0) / self.degree)
+        self.set_shared(intercepts=torch.zeros(self.degree + 1))
+
+    def _init_torchortho(self) -> None:
+        self.scale.fill_(math.sqrt(2.0) / self.degree)
+        self.set_shared(intercepts=torch.ones(self.degree + 1))
+
+    def _init_unit_start(self) -> None:
+        # Breakpoints at the N(0, 1) quantiles k/(n+1): every slope wins on an equal share of inputs.
+        n = self.degree
+        probs = torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)
+        self.scale.fill_(1.0)
+        self.set_breakpoints(torch.special.ndtri(probs))
+
+    def set_breakpoints(self, breakpoints: Tensor) -> None:
+        """Intercepts such that slope k wins exactly on [t_k, t_{k+1}) (t increasing): no dead pieces."""
+        c = torch.zeros(self.degree + 1, dtype=torch.float64)
+        c[1:] = -torch.cumsum(torch.as_tensor(breakpoints, dtype=torch.float64), 0)
+        self.set_shared(intercepts=c)
+
+    def scale_output(self, alpha: float, beta: float) -> None:
+        with torch.no_grad():
+            self.scale.mul_(alpha)
+            self.intercepts.add_(beta / float(self.scale))
+
+
+class TropicalRationalActivation(LearnableActivation):
+    """F(x) = max_k(p_k x + c_k) - max_k(q_k x + d_k): a difference of two max-plus polynomials.
+
+    Any continuous piecewise-linear function is one; the paper uses it to fine-tune from GELU, so the
+    ``paper`` init fits GELU (there is no closed-form variance-preserving init).
+    """
+
+    family = "tropical_rational"
+
+    def _create_parameters(self) -> None:
+        K = self.degree + 1
+        self.num_slopes, self.num_intercepts = self._coef(K), self._coef(K)
+        self.den_slopes, self.den_intercepts = self._coef(K), self._coef(K)
+
+    def _init_paper(self) -> None:
+        fit_activation(self, "gelu")
+
+    def _init_torchortho(self) -> None:
+        # torchortho 0.1.2 draws randn(n + 1) in this order: powers_num, powers_denom, coefficients_num/denom.
+        K = self.degree + 1
+        p, q, c, d = (torch.randn(K) for _ in range(4))
+        self.set_shared(num_slopes=p, den_slopes=q, num_intercepts=c, den_intercepts=d)
+
+    def scale_output(self, alpha: float, beta: float) -> None:
+        if alpha <= 0:
+            raise ValueError("tropical_rational: the output scale must be positive")
+        with torch.no_grad():
+            for t in (self.num_slopes, self.num_intercepts, self.den_slopes, self.den_intercepts):
+                t.mul_(alpha)
+            self.num_intercepts.add_(beta)
+
+
+register_activation(TropicalActivation.family, TropicalActivation)
+register_activation(TropicalRationalActivation.family, TropicalRationalActivation)
