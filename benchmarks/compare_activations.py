@@ -316,8 +316,11 @@ def run_all(a: argparse.Namespace, jobs: dict[str, list[Job]]) -> int:
     for k, job in enumerate(pending, 1):
         eta = ""
         if durations:
-            guess = lambda j: sum(durations.get(j.group, [])) / len(durations[j.group]) if durations.get(j.group) else sum(
-                sum(v) for v in durations.values()) / sum(len(v) for v in durations.values())  # noqa: E731
+            def guess(j):  # the mean duration of the job's group, else of every job so far
+                if durations.get(j.group):
+                    return sum(durations[j.group]) / len(durations[j.group])
+                return sum(sum(v) for v in durations.values()) / sum(len(v) for v in durations.values())
+
             eta = f", about {_fmt_s(sum(guess(j) for j in pending[k - 1:]))} left"
         log(f"[{k}/{len(pending)}] {job.label} (elapsed {_fmt_s(time.perf_counter() - t_start)}{eta})")
         t0 = time.perf_counter()

@@ -310,3 +310,74 @@ def test_statistics_accumulate_only_when_asked():
     assert s2_out == pytest.approx(2 * float((y.detach().double() ** 2).sum()), rel=1e-6)
     module.reset_statistics()
     assert float(module.statistics.abs().sum()) == 0.0
+
+
+# ---- Hermite is exact wherever float32 holds the value, and the correctly signed infinity elsewhere -----------
+def _hermite_exact(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """sum_k a_k He_k(x)/k! in exact rational arithmetic, rounded to float64 (inf where float64 overflows)."""
+    from fractions import Fraction
+
+    out = []
+    coeffs = [Fraction(float(c)) for c in a]
+    for value in x.double().tolist():
+        xv = Fraction(value)
+        he_prev, he, total = Fraction(1), xv, coeffs[0] + coeffs[1] * xv if len(coeffs) > 1 else coeffs[0]
+        fact = 1
+        for k in range(1, len(coeffs) - 1):
+            he_prev, he = he, xv * he - k * he_prev
+            fact *= k + 1
+            total += coeffs[k + 1] * he / fact
+        try:
+            out.append(float(total))
+        except OverflowError:
+            out.append(math.copysign(math.inf, total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("degree", range(1, 33))
+def test_hermite_matches_exact_arithmetic_over_1e4(degree):
+    gen = torch.Generator().manual_seed(degree)
+    a = torch.randn(degree + 1, generator=gen)
+    x = torch.cat([torch.linspace(-1e4, 1e4, 401), torch.linspace(-6, 6, 241), torch.tensor([-2000.0, 2160.0, 537.0, 320.0])])
+    y = L.build_activation(f"hermite:{degree}").function(x, a)
+    exact = _hermite_exact(x, a)
+    fits = exact.abs() < torch.finfo(torch.float32).max
+    # condition-aware bound: a few float32 roundings of the largest term |a_k P_k(x)| of the sum
+    from lit_ortho.activations.hermite import hermite_basis
+
+    xd = x.double()
+    basis = torch.stack([torch.ones_like(xd), xd, *hermite_basis(xd, degree)][: degree + 1])
+    terms = (a.double()[:, None] * basis).abs().amax(0)
+    error = (y.double() - exact).abs()
+    assert (error[fits] <= 2e-5 * terms[fits] + 1e-6).all(), (x[fits][error[fits].argmax()], error[fits].max())
+    assert torch.isinf(y[~fits]).all() and (torch.sign(y[~fits]) == torch.sign(exact[~fits])).all()
+    assert not torch.isnan(y).any()
+
+
+@pytest.mark.parametrize("degree", [3, 8, 16, 32])
+def test_hermite_gradients_never_nan_at_huge_inputs(degree):
+    act = L.build_activation(f"hermite:{degree}")
+    x = torch.tensor([-3e5, -2000.0, -1.0, 0.0, 1.0, 2000.0, 3e5, 1e30, -1e30], requires_grad=True)
+    y = act(x)
+    y.sum().backward()
+    assert not torch.isnan(y).any() and not torch.isnan(x.grad).any()
+    assert not torch.isnan(act.coefficients.grad).any()
+    a = act.coefficients.detach()
+    lead = torch.sign(a[-1]) * torch.tensor([1.0, (-1.0) ** degree])  # sign of a_n x^n at +inf and -inf
+    assert torch.equal(act(torch.tensor([float("inf"), -float("inf")])), lead * torch.inf)
+
+
+@pytest.mark.parametrize("spec", ["hermite:3", "fourier:3", "tropical:3", "tropical_rational:3",
+                                  "hermite(degree=4, per_channel=3, channel_dim=1)", "fourier(degree=2, per_channel=3, channel_dim=1)"])
+def test_float64_module_gradcheck_for_inputs_and_parameters(spec):
+    """A .double() module computes in float64 with its float64 parameters as they are."""
+    module = L.build_activation(spec).double()
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for _, p in module.named_parameters()]
+    x = (torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1.5).requires_grad_()
+
+    def f(x, *ps):
+        return torch.func.functional_call(module, dict(zip(names, ps)), (x,))
+
+    assert f(x, *params).dtype == torch.float64
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)

@@ -163,3 +163,44 @@ def test_replace_in_timm_convnext_keeps_outputs_after_fitting_to_gelu():
         after = model(x)
     assert float((after - before).abs().max()) < 0.05 * float(before.abs().max())
     assert torch.equal(after.argmax(1), before.argmax(1))
+
+
+# ---- every bad value is caught when the activation is built, with the keyword named ------------------------
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.build_activation("hermite(degree=3, per_channel=16, channel_dim=1.5)"), r"channel_dim must be an integer, got 1.5"),
+    (lambda: L.build_activation("hermite(degree=3, per_channel=16, channel_dim=abc)"), r"channel_dim must be an integer, got 'abc'"),
+    (lambda: L.build_activation("hermite:3:4"), r"malformed activation spec 'hermite:3:4': after ':' comes an integer degree"),
+    (lambda: L.build_activation("hermite(degree=3:4)"), r"cannot read the value '3:4'"),
+    (lambda: L.build_activation("hermite(degree=3, init=nonsense)"),
+     r"unknown init 'nonsense'; valid choices: paper, unit, torchortho, or the spec of an activation to fit"),
+    (lambda: L.activation_factory("hermite:0"), r"degree must be an integer from 1 to 32, got 0"),
+    (lambda: L.build_activation("gelu(approximate=bogus)"), r"gelu: bad keyword value .*approximate.*none or tanh"),
+    (lambda: L.build_activation("leaky_relu(negative_slope=abc)"), r"leaky_relu: negative_slope must be a number, got 'abc'"),
+    (lambda: L.build_activation("hermite(degree=3, degree=4)"), r"the keyword 'degree' is given twice"),
+    (lambda: L.build_activation("hermite(degree=3,,init=gelu)"), r"an empty argument between commas"),
+    (lambda: L.build_activation(nn.Linear), r"Linear is not an activation factory.*give an activation spec"),
+])
+def test_bad_keyword_values_fail_at_build_time(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("shape, channel_dim, message", [
+    ((2, 3, 16), 5, r"channel_dim=5 is not a dimension of the 3-D input \(shape \(2, 3, 16\)\)"),
+    ((), -1, r"per_channel=16 needs an input with a channel axis, got a 0-D tensor"),
+    ((2, 3, 16), 1, r"input dim 1 has size 3"),
+])
+def test_channel_dim_checked_against_the_input(shape, channel_dim, message):
+    act = L.build_activation({"name": "hermite", "degree": 3, "per_channel": 16, "channel_dim": channel_dim})
+    with pytest.raises(ValueError, match=message):
+        act(torch.zeros(shape))
+
+
+def test_per_layer_mappings_name_what_is_wrong():
+    from lit_ortho.models import layer_activation_specs
+
+    with pytest.raises(ValueError, match=r"'3-1' is a reversed range: write '1-3'"):
+        layer_activation_specs({"3-1": "gelu"}, 4)
+    with pytest.raises(ValueError, match=r"has no 'name' key"):
+        layer_activation_specs({"degree": 3}, 4)
+    assert layer_activation_specs({"1-3": "gelu", "*": "relu"}, 4) == ["relu", "gelu", "gelu", "gelu"]

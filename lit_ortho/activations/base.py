@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from lit_ortho.activations.backends import BACKENDS, run
 from lit_ortho.activations.family import FAMILIES, Family, get_family
 from lit_ortho.activations.init import fit_activation, init_unit_gain
-from lit_ortho.errors import check_choice, check_positive_int
+from lit_ortho.activations.spec import parse_activation_spec
+from lit_ortho.errors import UsageError, check_choice, check_positive_int
 
 __all__ = ["LearnableActivation", "INITS", "MIN_DEGREE", "MAX_DEGREE"]
 
@@ -60,17 +61,32 @@ class LearnableActivation(nn.Module):
         get_family(self.family)  # a subclass must name a registered family
         self.degree = check_positive_int(degree, f"{self.family}: degree", MIN_DEGREE, MAX_DEGREE)
         if per_channel is not None and (isinstance(per_channel, bool) or not isinstance(per_channel, int) or per_channel < 1):
-            raise ValueError(f"{self.family}: per_channel must be None or a positive int, got {per_channel!r}")
+            raise UsageError(f"{self.family}: per_channel must be None or a positive int, got {per_channel!r}")
         self.per_channel = per_channel
-        self.channel_dim = int(channel_dim)
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+            raise UsageError(f"{self.family}: channel_dim must be an integer dimension (-1 for [..., C], 1 for NCHW), got {channel_dim!r}")
+        self.channel_dim = channel_dim
         self.backend = check_choice(backend, BACKENDS, f"{self.family} backend")
-        if not isinstance(init, str):
-            raise ValueError(f"{self.family}: init must be a string, one of {INITS} or an activation spec such as 'gelu'; got {init!r}")
-        self.init = init
+        self.init = self._check_init(init)
         self.record_statistics = False
         self.register_buffer("statistics", torch.zeros(6, dtype=torch.float64), persistent=False)
         self._create_parameters()
         self.reset_parameters()
+
+    def _check_init(self, init) -> str:
+        """``init`` is a named initialisation or the spec of an activation to fit."""
+        named = ", ".join(INITS)
+        if not isinstance(init, str):
+            raise UsageError(f"{self.family}: init must be one of {named} or an activation spec to fit (gelu, ...); got {init!r}")
+        if init not in INITS:
+            try:
+                parse_activation_spec(init)
+            except ValueError as err:
+                raise UsageError(
+                    f"{self.family}: unknown init {init!r}; valid choices: {named}, or the spec of an activation to "
+                    f"fit, e.g. gelu, silu, leaky_relu(negative_slope=0.1) ({err})"
+                ) from None
+        return init
 
     # ---- parameters -------------------------------------------------------------------------------
     def _coef(self, size: int, fill: float = 0.0) -> nn.Parameter:
@@ -137,7 +153,8 @@ class LearnableActivation(nn.Module):
 
     def _activate(self, x: Tensor) -> Tensor:
         self._check_channels(x)
-        values = tuple(getattr(self, n).float() for n in self.value_names)
+        # float32 coefficients whatever the module's dtype, except a float64 module (gradcheck): as it is
+        values = tuple(v if v.dtype == torch.float64 else v.float() for v in (getattr(self, n) for n in self.value_names))
         return run(self.record, self.backend, x, values, self.channel_dim)
 
     def shared_values(self) -> dict[str, Tensor]:
@@ -193,8 +210,18 @@ class LearnableActivation(nn.Module):
         return self.spec()[len(self.family) + 1 : -1]
 
     def _check_channels(self, x: Tensor) -> None:
-        if self.per_channel is not None and x.shape[self.channel_dim] != self.per_channel:
-            raise ValueError(
+        if self.per_channel is None:
+            return
+        if x.dim() == 0:
+            raise UsageError(f"{self.family}: per_channel={self.per_channel} needs an input with a channel axis, got a 0-D tensor")
+        if not -x.dim() <= self.channel_dim < x.dim():
+            raise UsageError(
+                f"{self.family}: channel_dim={self.channel_dim} is not a dimension of the {x.dim()}-D input "
+                f"(shape {tuple(x.shape)}); set channel_dim to the axis with per_channel={self.per_channel} channels "
+                f"({-x.dim()}..{x.dim() - 1})"
+            )
+        if x.shape[self.channel_dim] != self.per_channel:
+            raise UsageError(
                 f"{self.family}: per_channel={self.per_channel} but input dim {self.channel_dim} has size "
                 f"{x.shape[self.channel_dim]} (input shape {tuple(x.shape)}); set channel_dim to the channel axis"
             )

@@ -1,9 +1,11 @@
 """Hermite: F(x) = sum_{k=0..n} a_k He_k(x)/k!, the paper's polynomial activation.
 
-He_k are the probabilists' Hermite polynomials, evaluated by the three-term recurrence
-He_{k+1} = x He_k - k He_{k-1} (no division: the 1/k! goes into the tiny coefficient tensor, and no
-powers of x). He_k' = k He_{k-1}, so dF/dx = sum_k a_k He_{k-1}/(k-1)!. The eager autograd Function
-traces into fused loops under ``torch.compile`` as it is, so it is also the compiled path.
+He_k are the probabilists' Hermite polynomials; with P_k = He_k/k!, P_{k+1} = (x P_k - P_{k-1})/(k+1)
+and P_k' = P_{k-1}, so dF/dx = sum_{k>=1} a_k P_{k-1}. F and dF/dx are evaluated by Clenshaw's
+recurrence (never by powers of x), which is exact wherever float32 holds the value and gives the
+correctly signed infinity where it does not; the coefficient gradients sum g P_k over the upward
+recurrence. The eager autograd Function traces into fused loops under ``torch.compile`` as it is,
+so it is also the compiled path.
 """
 
 from __future__ import annotations
@@ -14,42 +16,78 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.base import LearnableActivation
-from lit_ortho.activations.elementwise import columns, compute_dtype, dot, inverse_factorials, reduce_channels
+from lit_ortho.activations.elementwise import columns, compute_dtype, dot, reduce_channels
 from lit_ortho.activations.family import Family, register_family
 from lit_ortho.activations.spec import register_activation
 
-__all__ = ["HermiteActivation", "hermite_basis", "hermite_forward", "hermite"]
+__all__ = ["HermiteActivation", "hermite_basis", "clenshaw", "hermite_forward", "hermite"]
 
 
 def hermite_basis(x: Tensor, n: int):
-    """Yield He_2(x) .. He_n(x) by He_{k+1} = x He_k - k He_{k-1}, two passes each, two held at a time.
+    """Yield P_2(x) .. P_n(x), P_k = He_k/k!, by P_{k+1} = (x P_k - P_{k-1}) / (k + 1), two held at a time.
 
-    Above degree 8 a float32 He_k can overflow for |x| ~ 1e3 and inf - inf would give NaN, so there
-    it saturates at +-1e30 instead.
+    The normalised polynomials grow like |x|^k / k!, far slower than He_k. Where one overflows anyway
+    it saturates at the dtype's largest finite value with its true sign, so the next step cannot
+    compute inf - inf (NaN): the gradient sums then come out as large or infinite, never NaN.
     """
-    limit = (1e30 if x.dtype != torch.float64 else 1e300) if n > 8 else None
-    he_prev, he = None, x  # He_0 = 1 stays implicit
+    big = torch.finfo(x.dtype).max
+    p_prev, p = None, x  # P_0 = 1 stays implicit
     for k in range(1, n):
-        he_next = x * he
-        if he_prev is None:
-            he_next.sub_(1.0)
-        else:
-            he_next.sub_(he_prev, alpha=k)
-        if limit is not None:
-            he_next.clamp_(-limit, limit)
-        yield he_next
-        he_prev, he = he, he_next
+        p_next = x * p
+        p_next.sub_(1.0 if p_prev is None else p_prev).mul_(1.0 / (k + 1)).clamp_(-big, big)
+        yield p_next
+        p_prev, p = p, p_next
+
+
+def clenshaw(x: Tensor, a: list[Tensor]) -> Tensor:
+    """sum_k a_k P_k(x) by Clenshaw's backward recurrence, b_k = a_k + x b_{k+1}/(k+1) - b_{k+2}/(k+2).
+
+    The b_k stay below the size of the result, so the sum is exact to a few roundings wherever
+    float32 can hold the value, at any degree and any |x|. Where it cannot, an intermediate b_k
+    overflows too, and inf arithmetic loses its sign or gives NaN (inf - inf): those elements get the
+    infinity of the value's true sign (:func:`_overflow_infinity`). ``a`` holds the coefficients as tensors broadcastable against ``x``.
+    """
+    n = len(a) - 1
+    if n == 0:
+        return torch.zeros_like(x) + a[0]
+    b1, b2 = a[n], None  # b_n (broadcast, not materialised), b_{n+1} = 0
+    for k in range(n - 1, -1, -1):
+        t = torch.addcmul(a[k], x, b1, value=1.0 / (k + 1))
+        if b2 is not None:
+            t.sub_(b2, alpha=1.0 / (k + 2))
+        b1, b2 = t, b1
+    overflowed = ~torch.isfinite(b1) & ~torch.isnan(x)  # an overflowed b_k may also carry a wrong sign
+    if torch.compiler.is_compiling():  # no data-dependent shapes in a graph: select, fused by inductor
+        return torch.where(overflowed, _overflow_infinity(x, a).to(b1.dtype), b1)
+    if overflowed.any():  # eager: only the (rare) overflowed elements
+        b1[overflowed] = _overflow_infinity(x[overflowed], [torch.broadcast_to(c, x.shape)[overflowed] for c in a]).to(b1.dtype)
+    return b1
+
+
+def _overflow_infinity(x: Tensor, a: list[Tensor]) -> Tensor:
+    """±inf with the sign of sum_k a_k P_k(x), for inputs where that sum overflows.
+
+    With t = 1/x, P_k(x) = x^k Q_k where Q_0 = Q_1 = 1 and Q_{k+1} = (Q_k - t^2 Q_{k-1})/(k+1) stay
+    small, so F(x) = x^n S with S = sum_k a_k Q_k t^(n-k) by Horner in t (float64): sign(F) =
+    sign(x)^n sign(S), exact also where the top terms nearly cancel.
+    """
+    n = len(a) - 1
+    xd = x.double()
+    t = 1.0 / xd
+    t2 = t * t
+    q = [torch.ones_like(xd), torch.ones_like(xd)]
+    for k in range(1, n):
+        q.append((q[k] - t2 * q[k - 1]) / (k + 1))
+    s = a[0].double() * q[0]
+    for k in range(1, n + 1):  # Horner from a_0, which carries t^n
+        s = s * t + a[k].double() * q[k]
+    sign = torch.sign(s) * (torch.sign(xd) if n % 2 else 1.0)
+    return sign * torch.inf
 
 
 def hermite_forward(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
-    """Evaluate sum_k a_k He_k(x)/k! by the three-term recurrence (x in its compute dtype)."""
-    n = coefficients.shape[-1] - 1  # >= 1
-    a = columns(coefficients * coefficients.new_tensor(inverse_factorials(n)), x, channel_dim)
-    y = x * a[1]
-    y.add_(a[0])
-    for k, he in enumerate(hermite_basis(x, n), start=2):
-        y.addcmul_(he, a[k])
-    return y
+    """sum_k a_k He_k(x)/k! (x and the coefficients in their compute dtype)."""
+    return clenshaw(x, columns(coefficients, x, channel_dim))
 
 
 class _HermiteFunction(torch.autograd.Function):
@@ -67,18 +105,13 @@ class _HermiteFunction(torch.autograd.Function):
         xf, g = x.to(dtype), grad_out.to(dtype)
         cd, per_channel = ctx.channel_dim, coefficients.dim() == 2
         n = coefficients.shape[-1] - 1
-        inv_fact = xf.new_tensor(inverse_factorials(n))
-        # dF/da_k = He_k/k!;  dF/dx = sum_{k>=1} a_k He_{k-1}/(k-1)!.
-        slope = columns(coefficients.to(dtype)[..., 1:] * inv_fact[:-1], xf, cd)
-        raw = [reduce_channels(g, per_channel, cd), dot(g, xf, per_channel, cd)]  # sum g He_k, k = 0, 1
-        dydx = xf * slope[1] if n >= 2 else torch.zeros_like(xf)
-        dydx.add_(slope[0])
-        for k, he in enumerate(hermite_basis(xf, n), start=2):
-            raw.append(dot(g, he, per_channel, cd))
-            if k < n:
-                dydx.addcmul_(he, slope[k])
-        grad_x = (g * dydx).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_a = (torch.stack(raw, dim=-1) * inv_fact).to(coefficients.dtype) if ctx.needs_input_grad[1] else None
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[0]:  # dF/dx = sum_{k>=1} a_k P_{k-1}: Clenshaw on the shifted coefficients
+            grad_x = (g * clenshaw(xf, columns(coefficients.to(dtype)[..., 1:], xf, cd))).to(x.dtype)
+        if ctx.needs_input_grad[1]:  # dF/da_k = P_k
+            raw = [reduce_channels(g, per_channel, cd), dot(g, xf, per_channel, cd)]
+            raw += [dot(g, p, per_channel, cd) for p in hermite_basis(xf, n)]
+            grad_a = torch.stack(raw, dim=-1).to(coefficients.dtype)
         return grad_x, grad_a, None
 
 
@@ -90,8 +123,7 @@ def hermite(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
 def _fit_hermite(module, x, y, dy, weight) -> dict[str, Tensor]:
     """F is linear in a_k: weighted least squares on values and slopes, closed form."""
     n = module.degree
-    he = [torch.ones_like(x), x, *hermite_basis(x, n)]
-    values = torch.stack(he[: n + 1], dim=1) * x.new_tensor(inverse_factorials(n))  # [N, n+1]: P_k(x)
+    values = torch.stack([torch.ones_like(x), x, *hermite_basis(x, n)][: n + 1], dim=1)  # [N, n+1]: P_k(x)
     slopes = torch.cat([torch.zeros_like(x)[:, None], values[:, :n]], dim=1)  # P_k' = P_{k-1}
     root_w = weight.sqrt()[:, None]
     A = torch.cat([values * root_w, slopes * root_w], dim=0)

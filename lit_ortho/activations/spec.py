@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+import re
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import yaml
 from torch import nn
 
-from lit_ortho.errors import did_you_mean, unknown_choice
+from lit_ortho.errors import UsageError, did_you_mean, unknown_choice
 
 __all__ = [
     "ActivationSpec",
@@ -49,10 +50,10 @@ def register_activation(name: str, factory: Optional[Callable[..., nn.Module]] =
     if factory is None:
         return functools.partial(register_activation, name, overwrite=overwrite)
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"activation names must be identifiers, got {name!r}")
+        raise UsageError(f"activation names must be identifiers, got {name!r}")
     key = name.lower()
     if key in _REGISTRY and not overwrite:
-        raise ValueError(f"activation {name!r} is already registered; pass overwrite=True to replace it")
+        raise UsageError(f"activation {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[key] = factory
     return factory
 
@@ -99,27 +100,47 @@ def _split_top_level(text: str) -> list[str]:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
+    parts = [p.strip() for p in parts]
+    if parts == [""]:
+        return []
+    if "" in parts:
+        raise UsageError(f"malformed activation spec arguments {text!r}: an empty argument between commas")
+    return parts
+
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
 def _parse_value(text: str) -> Any:
-    if text in ("None", "none"):
+    """A keyword value: an int, a float, true/false, none, a quoted string, a bare word (``gelu``,
+    ``tanh``) or a nested spec (``leaky_relu(negative_slope=0.1)``). Anything else is malformed."""
+    if text in ("None", "none", "null"):
         return None
-    if "(" in text:  # a nested spec such as init=leaky_relu(negative_slope=0.1)
+    if text in ("true", "True", "false", "False"):
+        return text in ("true", "True")
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if _WORD.fullmatch(text) or ("(" in text and text.endswith(")") and _WORD.fullmatch(text.partition("(")[0].strip())):
         return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"cannot read the value {text!r} in an activation spec: {err}") from None
+    raise UsageError(
+        f"cannot read the value {text!r} in an activation spec: give a number, true/false, none, a name "
+        f"(gelu) or a nested spec (leaky_relu(negative_slope=0.1))"
+    )
 
 
 def _parse_string(spec: str) -> tuple[str, dict]:
     text = spec.strip()
     if not text:
-        raise ValueError("empty activation spec; give a name such as 'gelu' or 'hermite:3'")
+        raise UsageError("empty activation spec; give a name such as 'gelu' or 'hermite:3'")
     if "(" in text:
         if not text.endswith(")") or text.count("(") != text.count(")"):
-            raise ValueError(f"malformed activation spec {spec!r}: expected 'name(key=value, ...)'")
+            raise UsageError(f"malformed activation spec {spec!r}: expected 'name(key=value, ...)'")
         name, _, inner = text.partition("(")
         kwargs: dict[str, Any] = {}
         for i, part in enumerate(_split_top_level(inner[:-1])):
@@ -128,18 +149,22 @@ def _parse_string(spec: str) -> tuple[str, dict]:
                 if i == 0:  # hermite(3): a lone first argument is the degree
                     kwargs["degree"] = _parse_value(part)
                     continue
-                raise ValueError(f"malformed activation spec {spec!r}: {part!r} is not 'key=value'")
+                raise UsageError(f"malformed activation spec {spec!r}: {part!r} is not 'key=value'")
             key = key.strip()
             if not key.isidentifier():
-                raise ValueError(f"malformed activation spec {spec!r}: {key!r} is not a keyword name")
+                raise UsageError(f"malformed activation spec {spec!r}: {key!r} is not a keyword name")
+            if key in kwargs:
+                raise UsageError(f"malformed activation spec {spec!r}: the keyword {key!r} is given twice")
             kwargs[key] = _parse_value(value.strip())
         return name.strip(), kwargs
     if ":" in text:
         name, _, degree = text.partition(":")
-        value = _parse_value(degree.strip())
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"malformed activation spec {spec!r}: after ':' comes an integer degree, got {degree!r}")
-        return name.strip(), {"degree": value}
+        if not _INT.fullmatch(degree.strip()):
+            raise UsageError(
+                f"malformed activation spec {spec!r}: after ':' comes an integer degree, got {degree!r} "
+                f"(write 'hermite:3', or 'hermite(degree=3, init=gelu)' for more keywords)"
+            )
+        return name.strip(), {"degree": int(degree)}
     return text, {}
 
 
@@ -150,12 +175,12 @@ def parse_activation_spec(spec: Union[str, Mapping[str, Any]]) -> tuple[str, dic
     elif isinstance(spec, Mapping):
         kwargs = dict(spec)
         if "name" not in kwargs:
-            raise ValueError(f"an activation mapping needs a 'name' key (e.g. {{name: hermite, degree: 3}}); got keys {sorted(kwargs)}")
+            raise UsageError(f"an activation mapping needs a 'name' key (e.g. {{name: hermite, degree: 3}}); got keys {sorted(kwargs)}")
         name = kwargs.pop("name")
         if not isinstance(name, str):
-            raise ValueError(f"activation 'name' must be a string, got {name!r}")
+            raise UsageError(f"activation 'name' must be a string, got {name!r}")
     else:
-        raise ValueError(
+        raise UsageError(
             f"an activation spec is a string ('hermite:3'), a mapping ({{name: hermite, degree: 3}}) or a module "
             f"class/factory; got {type(spec).__name__} {spec!r}"
         )
@@ -184,37 +209,81 @@ def _check_keywords(name: str, kwargs: Mapping[str, Any]) -> None:
     for key in kwargs:
         if key not in accepted:
             valid = ", ".join(accepted) if accepted else "none"
-            raise ValueError(f"{name}: unknown keyword {key!r}; valid keywords: {valid}.{did_you_mean(key, accepted)}")
+            raise UsageError(f"{name}: unknown keyword {key!r}; valid keywords: {valid}.{did_you_mean(key, accepted)}")
 
 
 # ---- building ----------------------------------------------------------------------------------------
 def build_activation(spec: ActivationSpec, **overrides: Any) -> nn.Module:
-    """Build a new activation module from a spec; ``overrides`` replace the spec's keywords."""
+    """Build a new activation module from a spec; ``overrides`` replace the spec's keywords.
+
+    Every keyword is checked here, not at the first forward pass: names against the factory's
+    signature, value types against its defaults, and a fixed activation is run once on a tiny input.
+    """
     if isinstance(spec, nn.Module):
         if overrides:
-            raise ValueError("keyword overrides need a string or mapping spec, not a module instance")
+            raise UsageError("keyword overrides need a string or mapping spec, not a module instance")
         return copy.deepcopy(spec)
     if callable(spec) and not isinstance(spec, (str, Mapping)):
-        module = spec(**overrides)
+        label = getattr(spec, "__qualname__", repr(spec))
+        try:
+            module = spec(**overrides)
+        except TypeError as err:
+            raise UsageError(
+                f"{label} is not an activation factory: calling it with {overrides or 'no arguments'} failed ({err}); "
+                f"give an activation spec ('gelu', 'hermite:3'), an activation class (nn.SiLU) or a zero-argument factory"
+            ) from None
         if not isinstance(module, nn.Module):
-            raise ValueError(f"activation factory {spec!r} returned {type(module).__name__}, not an nn.Module")
+            raise UsageError(f"activation factory {label} returned {type(module).__name__}, not an nn.Module")
         return module
     name, kwargs = parse_activation_spec(spec)
     kwargs.update(overrides)
     _check_keywords(name, kwargs)
+    _check_value_types(name, kwargs)
     try:
-        return _REGISTRY[name](**kwargs)
+        module = _REGISTRY[name](**kwargs)
     except TypeError as err:  # a missing required argument, e.g. "hermite" without a degree
-        raise ValueError(f"cannot build activation {name!r} from {kwargs}: {err}") from None
+        raise UsageError(f"cannot build activation {name!r} from {kwargs}: {err}") from None
+    if not callable(getattr(module, "config", None)):  # a fixed activation: bad values show on a first call
+        try:
+            with torch.no_grad():
+                module(torch.zeros(2))
+        except Exception as err:  # noqa: BLE001 - any failure means a bad keyword value
+            raise UsageError(f"{name}: bad keyword value in {kwargs}: {err}") from None
+    return module
+
+
+def _check_value_types(name: str, kwargs: Mapping[str, Any]) -> None:
+    """A keyword's value must have the type of the factory's default for it (a number for a float, an
+    integer for an int, true/false for a bool, text for a string)."""
+    try:
+        params = inspect.signature(_REGISTRY[name]).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise UsageError(f"{name}: {key} must be {kind}, got {value!r}")
 
 
 def activation_factory(spec: ActivationSpec) -> Callable[[], nn.Module]:
     """A zero-argument factory for timm's ``act_layer=`` (each call builds a fresh module).
 
-    The spec is validated now, so a bad value fails at configuration time, not deep inside a model.
+    The spec is validated now by building it once, so a bad value fails at configuration time, not
+    deep inside a model.
     """
-    if isinstance(spec, (str, Mapping)):
-        parse_activation_spec(spec)
+    build_activation(spec)
     return functools.partial(build_activation, spec)
 
 
@@ -241,7 +310,7 @@ def spec_of(module: nn.Module) -> Union[dict, str]:
             with torch.no_grad():
                 if torch.allclose(candidate.double()(probe), values, rtol=0, atol=1e-9):
                     return name
-    raise ValueError(f"{type(module).__name__} is not a registered activation; registered: {', '.join(list_activations())}")
+    raise UsageError(f"{type(module).__name__} is not a registered activation; registered: {', '.join(list_activations())}")
 
 
 _register_fixed_activations()

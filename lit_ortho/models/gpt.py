@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_ortho.activations.spec import build_activation, parse_activation_spec
+from lit_ortho.errors import UsageError, check_choice
 
 __all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "GPT_SIZES", "layer_activation_specs"]
 
@@ -78,8 +79,7 @@ class GPTConfig:
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "GPTConfig":
         """A named size (``tiny``, ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``) with overrides."""
-        if name not in GPT_SIZES:
-            raise ValueError(f"unknown GPT-2 size {name!r}; valid choices: {', '.join(GPT_SIZES)}")
+        check_choice(name, GPT_SIZES, "GPT-2 size")
         return cls(**{**GPT_SIZES[name], **overrides})
 
     @property
@@ -110,6 +110,11 @@ def layer_activation_specs(activation: Any, n_layer: int) -> list[Any]:
         return list(activation)
     if not isinstance(activation, Mapping) or "name" in activation:
         return [activation] * n_layer
+    if not any(str(key).strip() == "*" or _LAYER_KEY.match(part) for key in activation for part in str(key).split(",")):
+        raise UsageError(
+            f"the activation mapping {dict(activation)!r} has no 'name' key: write {{name: hermite, degree: 3}} for "
+            f"one activation, or layer keys {{'0-3': gelu, '*': 'hermite:3'}} for one per layer"
+        )
     specs: list[Any] = [None] * n_layer
     default = None
     for key, spec in activation.items():
@@ -125,6 +130,8 @@ def layer_activation_specs(activation: Any, n_layer: int) -> list[Any]:
                     f"a list '0,2,4' or '*' (layers are 0..{n_layer - 1})"
                 )
             lo, hi = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
+            if lo > hi:
+                raise UsageError(f"per-layer activation key {key!r} is a reversed range: write '{hi}-{lo}'")
             if not (0 <= lo <= hi < n_layer):
                 raise ValueError(f"per-layer activation key {key!r} is outside the model's layers 0..{n_layer - 1}")
             layers.extend(range(lo, hi + 1))
