@@ -5,7 +5,8 @@
     python benchmarks/train_step.py --device cpu --size tiny --batch 4 --seq 128 --steps 3   # smoke test
 
 One step = forward (bf16 autocast on CUDA) + cross-entropy on random tokens + backward + grad
-clip 1.0 + AdamW (lr 6e-4, betas 0.9/0.95, weight decay 0.1 on >= 2-D weights: nanoGPT's recipe).
+clip 1.0 + AdamW (lr 6e-4, betas 0.9/0.95, weight decay 0.1: nanoGPT's recipe) with the training code's own
+parameter groups (``lit_ortho.tasks.parameter_groups``: no decay on learnable activations, norms, biases).
 Every model is built with the same seed; only the MLP activation differs. Reported per activation:
 median step time and peak memory (CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps),
 and both as ratios to the GELU model measured in the same run. Activations use ``--backend``
@@ -23,6 +24,7 @@ import time
 import torch
 
 from lit_ortho.models.gpt import GPT, GPTConfig
+from lit_ortho.tasks import parameter_groups
 
 DEFAULT_ACTIVATIONS = ["gelu", "hermite:3", "fourier:5", "tropical:5", "tropical_rational:6"]
 
@@ -35,9 +37,10 @@ def activation_spec(spec: str, backend: str):
 
 
 def optimizer_for(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW over the groups training uses (``OrthoModule.configure_optimizers``): the same decay rule."""
+    groups = parameter_groups(model, weight_decay=0.1)
+    for group in groups:
+        group.pop("param_names")
     return torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
@@ -80,11 +83,14 @@ def measure(spec, args, device) -> tuple[float, int]:
         sync()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-    del model, opt, step_model
+    return statistics.median(times), peak
+
+
+def release_memory(device) -> None:
+    """Free the last model (its references went with :func:`measure`'s frame) before measuring the next."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return statistics.median(times), peak
 
 
 def main() -> None:
@@ -124,6 +130,7 @@ def main() -> None:
     base_time = base_peak = None
     for spec in acts:
         t, peak = measure(spec, args, device)
+        release_memory(device)
         if base_time is None:
             base_time, base_peak = t, peak
         mem = f"{peak / 2**20:>9.0f} {peak / base_peak:>7.3f}x" if base_peak else f"{'-':>9} {'-':>8}"

@@ -19,7 +19,7 @@ import torch
 
 from _fsdp_helpers import RecordLosses, WindowDataModule
 from lit_ortho.distributed import FSDP1Strategy, FSDP2Strategy
-from lit_ortho.modules import GPT2Module
+from lit_ortho.tasks import GPT2Module
 
 STEPS, GLOBAL_BATCH = 20, 8
 

@@ -10,7 +10,7 @@ import yaml
 
 from lit_ortho.cli import OrthoCLI, main
 from lit_ortho.data import ImageDataModule, TextDataModule, prepare_images, prepare_text
-from lit_ortho.modules import ConvNeXtModule, GPT2Module
+from lit_ortho.tasks import ConvNeXtModule, GPT2Module
 
 CONFIGS = Path(__file__).resolve().parents[1] / "cli_configs"
 ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))

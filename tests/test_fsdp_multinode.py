@@ -29,13 +29,13 @@ from lit_ortho.distributed import (
     ConfigurationError,
     FSDP1Strategy,
     FSDP2Strategy,
-    _FaultHandling,
     check_trainer_config,
     consolidate_checkpoint,
     is_collective_failure,
     is_sharded_checkpoint,
 )
-from lit_ortho.modules import GPT2Module
+from lit_ortho.distributed.checkpoints import AtomicCheckpointsMixin
+from lit_ortho.tasks import GPT2Module
 
 CONFIGS = REPO / "cli_configs"
 TWO_NODES_YAML = CONFIGS / "gpt2_cpu_fsdp_2nodes.yaml"
@@ -358,7 +358,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_in_place(tmp_path):
             (path / ".metadata").write_text("")
             (path / "meta.pt").write_text("")
 
-    class Strategy(_FaultHandling, FakeSharded):
+    class Strategy(AtomicCheckpointsMixin, FakeSharded):
         def _saves_sharded(self):
             return True
 

@@ -1,5 +1,8 @@
-"""GPT2Module / ConvNeXtModule: optimisation rules, training, checkpoints, FSDP2 and DDP."""
+"""GPT2Module / ConvNeXtModule: optimisation rules, options, training, checkpoints, FSDP2 and DDP."""
 
+import ast
+import importlib.util
+import inspect
 import math
 import os
 import subprocess
@@ -15,7 +18,7 @@ from torch import nn
 from lit_ortho import build_activation
 from lit_ortho.activations import LearnableActivation
 from lit_ortho.data import ImageDataModule, TextDataModule
-from lit_ortho.modules import ConvNeXtModule, GPT2Module, WarmupCosine, parameter_groups
+from lit_ortho.tasks import ConvNeXtModule, GPT2Module, OrthoModule, WarmupCosine, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +69,26 @@ def test_parameter_groups_follow_the_papers_rule():
     assert n_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def test_train_step_benchmark_uses_the_training_parameter_groups():
+    """benchmarks/train_step.py used to decay every 2-D parameter, per-channel activation coefficients too."""
+    spec = importlib.util.spec_from_file_location("_train_step_benchmark", REPO / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from lit_ortho.models.gpt import GPT, GPTConfig
+
+    config = GPTConfig.from_name("tiny", n_layer=2, n_embd=32, n_head=2, block_size=16, vocab_size=257,
+                                 activation={"name": "hermite", "degree": 3, "per_channel": 128})
+    model = GPT(config)
+    opt = bench.optimizer_for(model, torch.device("cpu"))
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    expected = {id(p): g["weight_decay"] for g in parameter_groups(model, 0.1) for p in g["params"]}
+    assert decay_of == expected
+    coefficients = [m.coefficients for m in model.modules() if isinstance(m, LearnableActivation)]
+    assert len(coefficients) == 2 and all(c.ndim == 2 for c in coefficients)
+    assert all(decay_of[id(c)] == 0.0 for c in coefficients)  # [C, K]: 2-D, and still no decay
+    assert decay_of[id(model.transformer.h[0].mlp.c_fc.weight)] == 0.1
+
+
 def test_schedule_matches_nanogpt_get_lr():
     lr, min_lr, warmup, decay = 6e-4, 6e-5, 20, 200
 
@@ -94,6 +117,108 @@ def test_bad_arguments_are_named():
         GPT2Module(fsdp_mixed_precision="bf32")
     with pytest.raises(ValueError, match="unknown ConvNeXt model"):
         ConvNeXtModule(model_name="resnet50")
+
+
+# ---- options: declared once (OrthoModule), resolved through **kwargs ------------------------------------
+OPTIONS = {
+    "lr": 6e-4, "min_lr": None, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "warmup_steps": 0, "warmup_epochs": 0.0,
+    "lr_decay_steps": None, "activation_checkpointing": False, "compile": False, "fsdp_mixed_precision": "auto",
+}
+CONVNEXT_RECIPE = {"lr": 4e-3, "min_lr": 1e-6, "weight_decay": 0.05, "betas": (0.9, 0.999)}
+
+
+def test_options_are_declared_once_and_all_saved_in_hparams():
+    base = inspect.signature(OrthoModule.__init__).parameters
+    assert {name: base[name].default for name in OPTIONS} == OPTIONS
+    gpt = inspect.signature(GPT2Module.__init__).parameters
+    convnext = inspect.signature(ConvNeXtModule.__init__).parameters
+    assert not set(OPTIONS) & set(gpt) and gpt["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+    # ConvNeXt re-declares only the options whose recipe defaults differ
+    assert set(OPTIONS) & set(convnext) == set(CONVNEXT_RECIPE)
+    assert {name: convnext[name].default for name in CONVNEXT_RECIPE} == CONVNEXT_RECIPE
+
+    module = GPT2Module(size="tiny", lr=3e-3, warmup_steps=15)
+    assert {k: module.hparams[k] for k in OPTIONS} == {**OPTIONS, "lr": 3e-3, "warmup_steps": 15}
+    assert module.hparams.size == "tiny" and module.hparams.activation == "gelu"
+    module = ConvNeXtModule(eps=1e-6)
+    assert {k: module.hparams[k] for k in OPTIONS} == {**OPTIONS, **CONVNEXT_RECIPE, "eps": 1e-6}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
+        GPT2Module(learning_rate=1e-3)
+
+
+@pytest.mark.parametrize("cls, defaults", [("GPT2Module", OPTIONS), ("ConvNeXtModule", {**OPTIONS, **CONVNEXT_RECIPE})])
+def test_the_cli_shows_every_option_with_its_default(cls, defaults, capsys, tmp_path, monkeypatch):
+    import yaml
+
+    from lit_ortho.cli import OrthoCLI
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        OrthoCLI(args=["fit", f"--model=lit_ortho.tasks.{cls}", "--data=lit_ortho.data.TextDataModule", "--print_config"])
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in init_args.items() if k in OPTIONS} == defaults
+    cli = OrthoCLI(args=[f"--model=lit_ortho.tasks.{cls}", "--model.init_args.lr=0.01", "--model.init_args.warmup_steps=7",
+                         "--data=lit_ortho.data.TextDataModule"], run=False)
+    assert (cli.model.hparams.lr, cli.model.hparams.warmup_steps, cli.model.hparams.eps) == (0.01, 7, 1e-8)
+
+
+def test_lit_ortho_modules_is_an_alias_of_lit_ortho_tasks(tmp_path, monkeypatch):
+    import yaml
+
+    import lit_ortho.modules
+    import lit_ortho.tasks
+    from lit_ortho.cli import OrthoCLI
+
+    for name in lit_ortho.tasks.__all__:
+        assert getattr(lit_ortho.modules, name) is getattr(lit_ortho.tasks, name), name
+    config = yaml.safe_load((REPO / "cli_configs" / "gpt2_cpu.yaml").read_text())
+    config["model"]["class_path"] = "lit_ortho.modules.GPT2Module"  # an old YAML
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    cli = OrthoCLI(args=["--config", str(old)], run=False)
+    assert type(cli.model) is lit_ortho.tasks.GPT2Module and cli.model.hparams.lr == 3e-3
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Every lit_ortho module a source file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {name for name in found if name.startswith("lit_ortho")}
+
+
+def test_distributed_and_tasks_have_no_import_cycles():
+    root = REPO / "lit_ortho"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, name if parts[-1] == "__init__" else name.rpartition(".")[0])
+    graph = {name: {m for m in _imports(path, pkg) if m in modules} for name, (path, pkg) in modules.items()}
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    ours = [m for m in modules if m.startswith(("lit_ortho.distributed", "lit_ortho.tasks", "lit_ortho.modules"))]
+    assert {"lit_ortho.distributed.sharding", "lit_ortho.tasks.base", "lit_ortho.modules"} <= set(ours)
+    for name in ours:
+        assert name not in reachable(name), f"{name} imports a module that imports it back"
+        if name.startswith("lit_ortho.distributed"):
+            assert not {m for m in reachable(name) if m.startswith(("lit_ortho.tasks", "lit_ortho.modules"))}, name
 
 
 def test_gpt_needs_a_vocabulary_and_a_long_enough_context(tmp_path):
@@ -142,6 +267,17 @@ def test_gpt2_hermite_trains_reloads_and_generates(tmp_path):
     assert ids.shape == (7,) and ids[:2].tolist() == [84, 104]
 
 
+def test_generate_uses_the_tokenizer_it_is_given():
+    """generate(tokenizer=...) used to be ignored (set to None before it was read)."""
+    torch.manual_seed(0)
+    module = _small_gpt(vocab_size=257)
+    assert module.tokenizer_name is None  # never saw a datamodule
+    text = module.generate("ab", max_new_tokens=5, seed=0, tokenizer="byte")
+    assert isinstance(text, str) and text.startswith("ab")
+    with pytest.raises(ValueError, match="does not know its tokenizer"):
+        module.generate("ab", max_new_tokens=5)
+
+
 def test_gpt2_under_fsdp2_keeps_activation_coefficients_fp32(tmp_path):
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch.distributed.tensor import DTensor
@@ -188,7 +324,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
     import lightning as L, torch
     from lightning.pytorch.strategies import ModelParallelStrategy
     from lit_ortho.data import TextDataModule
-    from lit_ortho.modules import GPT2Module
+    from lit_ortho.tasks import GPT2Module
 
     kind, out = sys.argv[1], sys.argv[2]
     L.seed_everything(0)
@@ -295,6 +431,28 @@ def test_convnext_trains_on_digits_and_reloads_without_the_pretrained_file(tmp_p
     images = torch.randn(2, 3, 32, 32)
     module.eval(), reloaded.eval()
     torch.testing.assert_close(reloaded(images), module(images))
+
+
+def test_convnext_test_has_its_own_metrics_and_a_test_loss(tmp_path):
+    """test_step used to update (and log) the validation metric objects, and logged no test loss."""
+    torch.manual_seed(0)
+    module = ConvNeXtModule(model_name="convnext_atto", activation="hermite:3", num_classes=10)
+    data = ImageDataModule(image_size=32, batch_size=8, val_batch_size=16, num_workers=0, hflip=0.0, color_jitter=0.0, crop_pct=1.0)
+    counts = []
+
+    class Count(L.Callback):  # Lightning resets logged metrics at epoch end: look during the test batches
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            names = ("val_acc1", "val_acc5", "val_loss", "test_acc1", "test_acc5", "test_loss")
+            counts.append({n: getattr(getattr(pl_module, n, None), "update_count", None) for n in names})
+
+    trainer = _trainer(tmp_path, limit_val_batches=2, limit_test_batches=2, callbacks=[Count()])
+    val = trainer.validate(module, data, verbose=False)[0]
+    test = trainer.test(module, data, verbose=False)[0]
+    assert {"test/loss", "test/acc1", "test/acc5"} <= set(test) and not any(k.startswith("val/") for k in test)
+    assert [c["test_acc1"] for c in counts] == [1, 2] and [c["test_loss"] for c in counts] == [1, 2]
+    assert all(c["val_acc1"] == c["val_acc5"] == c["val_loss"] == 0 for c in counts)  # the validation metrics untouched
+    assert math.isfinite(test["test/loss"]) and 0.0 <= test["test/acc1"] <= 1.0
+    assert set(val) == {"val/loss", "val/acc1", "val/acc5"}
 
 
 def test_validate_before_fit_leaves_metrics_usable(tmp_path):

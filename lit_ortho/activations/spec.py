@@ -20,7 +20,6 @@ import re
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
-import yaml
 from torch import nn
 
 from lit_ortho.errors import UsageError, did_you_mean, unknown_choice

@@ -22,7 +22,12 @@ from torch import nn
 from lit_ortho.activations import LearnableActivation, activation_factory, build_activation, is_gelu, replace_activations
 from lit_ortho.errors import check_choice
 
-__all__ = ["create_convnext", "convnext_names", "freeze_all_but_activations_and_head"]
+__all__ = ["create_convnext", "convnext_names", "check_convnext_name", "freeze_all_but_activations_and_head"]
+
+
+def check_convnext_name(model_name: str) -> str:
+    """``model_name`` if timm can build it as a ConvNeXt, else an error listing the choices."""
+    return check_choice(model_name, convnext_names(), "ConvNeXt model")
 
 
 def convnext_names() -> list[str]:
@@ -57,7 +62,7 @@ def create_convnext(
     """
     import timm
 
-    check_choice(model_name, convnext_names(), "ConvNeXt model")
+    check_convnext_name(model_name)
     common = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
     if pretrained is None:
         return timm.create_model(model_name, act_layer=activation_factory(activation), **common)

@@ -1,10 +1,10 @@
-"""What the GPT-2 and ConvNeXt LightningModules share: AdamW parameter groups, warmup + cosine LR,
-and FSDP2 sharding / activation checkpointing in ``configure_model``."""
+"""What the GPT-2 and ConvNeXt LightningModules share: the optimiser / schedule / parallelism options (declared
+once, here), AdamW parameter groups, warmup + cosine LR, and sharding in ``configure_model``."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -12,18 +12,21 @@ from torch import nn
 from torchmetrics import Metric
 
 from lit_ortho.activations import LearnableActivation
+from lit_ortho.distributed import sharding
+from lit_ortho.errors import check_choice
 
-__all__ = ["OrthoModule", "parameter_groups", "WarmupCosine", "NORM_TYPES"]
+__all__ = ["OrthoModule", "parameter_groups", "WarmupCosine", "NORM_TYPES", "MIXED_PRECISION_CHOICES"]
 
 NORM_TYPES: tuple[type, ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
+    nn.RMSNorm,
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
-) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+)
 
-MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
+MIXED_PRECISION_CHOICES = sharding.MIXED_PRECISION_CHOICES
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, ndims: Optional[dict[int, int]] = None) -> list[dict[str, Any]]:
@@ -83,22 +86,22 @@ class WarmupCosine:
         return self.min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_ratio)
 
 
-def _fsdp2():
-    try:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    except ImportError:  # torch < 2.6
-        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
-    return fully_shard, MixedPrecisionPolicy
-
-
 class OrthoModule(L.LightningModule):
     """Base LightningModule: subclasses build ``self.model`` and say which blocks to shard.
+
+    The options below are declared here only. A subclass takes its own arguments and passes the rest on with
+    ``super().__init__(**kwargs)``: LightningCLI (jsonargparse) follows ``**kwargs`` into this signature, so
+    every option keeps its flat YAML key (``model.init_args.lr``) and its default in ``--print_config``. A
+    subclass whose recipe has other defaults re-declares only those options and forwards them by keyword
+    (see :class:`~lit_ortho.tasks.ConvNeXtModule`). All of them, defaults included, are saved in ``hparams``
+    (``save_hyperparameters`` is called here, for the whole class chain).
 
     Args:
         lr: peak learning rate (AdamW).
         min_lr: final learning rate of the cosine schedule (``None``: ``lr / 10``, nanoGPT's choice).
         weight_decay: AdamW decoupled weight decay for weight matrices (see :func:`parameter_groups`).
-        betas, eps: AdamW.
+        betas: AdamW's moment coefficients.
+        eps: AdamW's denominator term.
         warmup_steps: linear warmup length in optimizer steps.
         warmup_epochs: warmup length in epochs (added to ``warmup_steps``; needs ``max_epochs``).
         lr_decay_steps: where the cosine reaches ``min_lr`` (``None``: the run's total optimizer steps).
@@ -131,17 +134,16 @@ class OrthoModule(L.LightningModule):
             raise ValueError(f"min_lr must be in [0, lr={lr}], got {min_lr!r}")
         if warmup_steps < 0 or warmup_epochs < 0:
             raise ValueError(f"warmup_steps and warmup_epochs must be >= 0, got {warmup_steps!r}, {warmup_epochs!r}")
-        if fsdp_mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ValueError(
-                f"unknown fsdp_mixed_precision {fsdp_mixed_precision!r}; valid choices: {', '.join(MIXED_PRECISION_CHOICES)}"
-            )
+        check_choice(fsdp_mixed_precision, MIXED_PRECISION_CHOICES, "fsdp_mixed_precision")
+        # every __init__ argument of the class chain (this one's and the subclass's), defaults included
+        self.save_hyperparameters()
         self.model: Optional[nn.Module] = None
         self._compiled = False
         self._param_ndims: dict[int, int] = {}  # before FSDP1 flattens parameters (see configure_model)
 
     # ---- to be provided by subclasses ------------------------------------------------------------------
     def shard_units(self) -> list[nn.Module]:
-        """The modules FSDP2 shards one by one (transformer blocks, ConvNeXt stages)."""
+        """The modules FSDP shards one by one (transformer blocks, ConvNeXt stages)."""
         raise NotImplementedError
 
     def compile_units(self) -> list[nn.Module]:
@@ -150,7 +152,7 @@ class OrthoModule(L.LightningModule):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         raise NotImplementedError
 
-    # ---- optimisation ----------------------------------------------------------------------------------
+    # ---- evaluation ------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._fresh_metric_states()
 
@@ -165,6 +167,7 @@ class OrthoModule(L.LightningModule):
             if isinstance(module, Metric):
                 module.reset()
 
+    # ---- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.weight_decay, ndims=self._param_ndims)
@@ -187,118 +190,30 @@ class OrthoModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """``gradient_clip_val`` by norm also under FSDP1, where Lightning refuses it: the norm is computed over
-        all shards by ``FullyShardedDataParallel.clip_grad_norm_`` (FSDP2, DDP, one device: Lightning's own)."""
-        strategy_model = getattr(self._strategy(), "model", None)
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and _is_fsdp1(strategy_model):
-            strategy_model.clip_grad_norm_(float(gradient_clip_val))
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """``gradient_clip_val`` by norm also under FSDP1, where Lightning refuses it (see
+        :func:`lit_ortho.distributed.sharding.clip_gradients`)."""
+        if not sharding.clip_gradients(self._strategy(), gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- parallelism -----------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Activation checkpointing, compile, and FSDP2 sharding when the strategy provides a device mesh.
-
-        Under ``ModelParallelStrategy`` each unit of :meth:`shard_units` becomes its own FSDP2 group
-        (``fully_shard`` on the ``data_parallel`` mesh dimension), then the whole network. Learnable
-        activations get their own fp32 group inside, so their few coefficients are never rounded to
-        bf16. Options of :class:`lit_ortho.distributed.FSDP2Strategy` (hybrid sharding, CPU offload,
-        ``reshard_after_forward``) are applied here. Under FSDP1 (``strategy: fsdp`` / ``fsdp1``) with no
-        ``auto_wrap_policy`` given, the strategy is told to wrap each unit, and each learnable activation in
-        an fp32 unit. Single device and DDP: no sharding; the same module runs unchanged. Idempotent.
-        """
+        """Activation checkpointing, compile, then sharding by :func:`lit_ortho.distributed.sharding.shard_model`:
+        each of :meth:`shard_units` its own FSDP2 group / FSDP1 unit, learnable activations in fp32. Single
+        device and DDP: no sharding; the same module runs unchanged. Idempotent."""
         if self.model is None:
             return
         if not self._param_ndims:  # FSDP1 (use_orig_params) turns every parameter into a 1-D shard view
             self._param_ndims = {id(p): p.ndim for p in self.model.parameters()}
-        hp = self.hparams
-        if hp.activation_checkpointing:
+        if self.hparams.activation_checkpointing:
             self.set_activation_checkpointing(True)
-        if hp.compile and not self._compiled:
+        if self.hparams.compile and not self._compiled:
             for unit in self.compile_units():
                 unit.compile()
             self._compiled = True
-        mesh = self.device_mesh
-        if mesh is not None and not _is_sharded(self.model):
-            self._fully_shard(mesh)
-        elif mesh is None:
-            self._set_fsdp1_wrap_policy()
+        strategy = self._strategy()
+        precision = getattr(self._trainer, "precision", "32-true") if self._trainer is not None else "32-true"
+        param_dtype = sharding.resolve_param_dtype(self.hparams.fsdp_mixed_precision, precision)
+        sharding.shard_model(self.model, self.shard_units, strategy, self.device_mesh, param_dtype)
 
     def _strategy(self):
         return None if self._trainer is None else self._trainer.strategy
-
-    def _set_fsdp1_wrap_policy(self) -> None:
-        """Under FSDP1 (``strategy: fsdp`` / ``fsdp1``) with no ``auto_wrap_policy`` of the user's: one FSDP unit per
-        block, and one fp32 unit per learnable activation (set on the strategy, which wraps after this hook)."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = self._strategy()
-        if not isinstance(strategy, FSDPStrategy) or "auto_wrap_policy" in strategy.kwargs:
-            return
-        from torch.distributed.fsdp import MixedPrecision
-        from torch.distributed.fsdp.wrap import CustomPolicy
-
-        unit_ids = {id(unit) for unit in self.shard_units()}
-        fp32_unit = {"mixed_precision": MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)}
-        keep_fp32 = self._param_dtype() is not None
-
-        def policy(module: nn.Module):
-            if keep_fp32 and isinstance(module, LearnableActivation):
-                return fp32_unit
-            return id(module) in unit_ids
-
-        strategy.kwargs["auto_wrap_policy"] = CustomPolicy(policy)
-
-    def _param_dtype(self) -> Optional[torch.dtype]:
-        choice = self.hparams.fsdp_mixed_precision
-        if choice == "auto":
-            precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
-            choice = "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else "fp32"
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
-
-    def _fully_shard(self, mesh) -> None:
-        fully_shard, MixedPrecisionPolicy = _fsdp2()
-        names = mesh.mesh_dim_names or ()
-        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-            raise NotImplementedError(
-                f"{type(self).__name__} shards with FSDP2 only; set ModelParallelStrategy(tensor_parallel_size=1, "
-                f"data_parallel_size=<number of GPUs>), got tensor_parallel_size={mesh['tensor_parallel'].size()}"
-            )
-        # FSDP2Strategy (lit_ortho.distributed) adds: a hybrid-shard mesh, CPU offload, reshard_after_forward
-        options = dict(getattr(self._strategy(), "fsdp2_options", None) or {})
-        dp_mesh = options.pop("mesh", None) or (mesh["data_parallel"] if "data_parallel" in names else mesh)
-        reshard = options.pop("reshard_after_forward", True)
-        param_dtype = self._param_dtype()
-        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-        fp32_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
-        units = self.shard_units()
-        for i, unit in enumerate(units):
-            if param_dtype is not None:
-                for module in _learnable_activations(unit):
-                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy, reshard_after_forward=reshard, **options)
-            # the last unit's parameters are needed again right away in backward: keep them gathered
-            fully_shard(unit, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard and i < len(units) - 1, **options)
-        if param_dtype is not None:
-            for module in _learnable_activations(self.model):
-                if not _is_sharded(module):
-                    fully_shard(module, mesh=dp_mesh, mp_policy=fp32_policy, reshard_after_forward=reshard, **options)
-        # root (embeddings, final norm, tied head): torch's default keeps it gathered from forward to backward
-        fully_shard(self.model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=None if reshard else False, **options)
-
-
-def _learnable_activations(module: nn.Module) -> Iterable[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, LearnableActivation)]
-
-
-def _is_sharded(module: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch < 2.6
-        from torch.distributed._composable.fsdp import FSDPModule
-    return isinstance(module, FSDPModule)
-
-
-def _is_fsdp1(module: Optional[nn.Module]) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return isinstance(module, FullyShardedDataParallel)

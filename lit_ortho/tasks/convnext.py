@@ -10,8 +10,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_ortho.models.convnext import convnext_names, create_convnext, freeze_all_but_activations_and_head
-from lit_ortho.modules.base import OrthoModule
+from lit_ortho.models.convnext import check_convnext_name, create_convnext, freeze_all_but_activations_and_head
+from lit_ortho.tasks.base import OrthoModule
 
 __all__ = ["ConvNeXtModule"]
 
@@ -21,7 +21,8 @@ class ConvNeXtModule(OrthoModule):
 
     Batches are ``(images, labels)``; labels are class indices, or ``(B, num_classes)`` soft targets
     when the datamodule applies mixup/cutmix. Logs ``train/loss``, ``train/acc1`` (hard labels only),
-    ``val/loss``, ``val/acc1``, ``val/acc5`` (top-5 when there are more than 5 classes).
+    ``val/loss``, ``val/acc1``, ``val/acc5`` (top-5 when there are more than 5 classes), and the same
+    ``test/...`` metrics under ``Trainer.test``.
 
     Args:
         model_name: timm ConvNeXt variant (``convnext_atto`` ... ``convnext_xlarge``, ``convnextv2_*``).
@@ -35,8 +36,10 @@ class ConvNeXtModule(OrthoModule):
         drop_path_rate: stochastic depth (ConvNeXt-T recipe: 0.1).
         label_smoothing: applied to the loss, for hard and mixed targets alike (recipe: 0.1).
         in_chans: input channels.
-        lr ... fsdp_mixed_precision: see :class:`~lit_ortho.modules.base.OrthoModule`; the defaults are
-            the ConvNeXt recipe (AdamW 4e-3 at batch 4096, weight decay 0.05, cosine to 1e-6).
+        lr, min_lr, weight_decay, betas: as in :class:`~lit_ortho.tasks.OrthoModule`, with the ConvNeXt
+            recipe's defaults (AdamW 4e-3 at batch 4096, betas 0.9/0.999, weight decay 0.05, cosine to 1e-6).
+        **kwargs: the other options of :class:`~lit_ortho.tasks.OrthoModule` (``eps``, ``warmup_steps``,
+            ``warmup_epochs``, ``lr_decay_steps``, ``activation_checkpointing``, ``compile``, ...).
     """
 
     def __init__(
@@ -54,35 +57,16 @@ class ConvNeXtModule(OrthoModule):
         min_lr: Optional[float] = 1e-6,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
-        warmup_epochs: float = 0.0,
-        lr_decay_steps: Optional[int] = None,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        fsdp_mixed_precision: str = "auto",
+        **kwargs: Any,
     ):
-        super().__init__(
-            lr=lr,
-            min_lr=min_lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            eps=eps,
-            warmup_steps=warmup_steps,
-            warmup_epochs=warmup_epochs,
-            lr_decay_steps=lr_decay_steps,
-            activation_checkpointing=activation_checkpointing,
-            compile=compile,
-            fsdp_mixed_precision=fsdp_mixed_precision,
-        )
-        names = convnext_names()
-        if model_name not in names:
-            raise ValueError(f"unknown ConvNeXt model {model_name!r}; valid choices: {', '.join(names)}")
+        # the ConvNeXt recipe's defaults for these four; every other option comes from OrthoModule unchanged
+        super().__init__(lr=lr, min_lr=min_lr, weight_decay=weight_decay, betas=betas, **kwargs)
+        check_convnext_name(model_name)  # now, not when the class count is known at setup
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.save_hyperparameters()
         self.model = None
         self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         if num_classes is not None:
             self._build()
 
@@ -107,6 +91,8 @@ class ConvNeXtModule(OrthoModule):
         self.train_acc1 = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(hp.num_classes, top_k=top5, average="micro") if hp.num_classes > 5 else None
+        self.test_acc1 = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(hp.num_classes, top_k=top5, average="micro") if hp.num_classes > 5 else None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -160,25 +146,22 @@ class ConvNeXtModule(OrthoModule):
             self.log("train/acc1", self.train_acc1, prog_bar=True)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def _evaluate(self, batch, split: str, loss: MeanMetric, acc1: MulticlassAccuracy, acc5: Optional[MulticlassAccuracy]) -> None:
         images, target = batch
         logits = self.model(images)
-        self.val_loss.update(F.cross_entropy(logits.float(), target), weight=target.numel())
-        self.val_acc1.update(logits, target)
-        self.log("val/acc1", self.val_acc1, prog_bar=True)
-        if self.val_acc5 is not None:
-            self.val_acc5.update(logits, target)
-            self.log("val/acc5", self.val_acc5)
-        self.log("val/loss", self.val_loss, prog_bar=True)
+        loss.update(F.cross_entropy(logits.float(), target), weight=target.numel())
+        acc1.update(logits, target)
+        self.log(f"{split}/acc1", acc1, prog_bar=True)
+        if acc5 is not None:
+            acc5.update(logits, target)
+            self.log(f"{split}/acc5", acc5)
+        self.log(f"{split}/loss", loss, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_loss, self.val_acc1, self.val_acc5)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        images, target = batch
-        logits = self.model(images)
-        self.val_acc1.update(logits, target)
-        self.log("test/acc1", self.val_acc1)
-        if self.val_acc5 is not None:
-            self.val_acc5.update(logits, target)
-            self.log("test/acc5", self.val_acc5)
+        self._evaluate(batch, "test", self.test_loss, self.test_acc1, self.test_acc5)
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Class probabilities ``(B, num_classes)``."""

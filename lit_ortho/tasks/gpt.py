@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_ortho.models.gpt import GPT, GPT_SIZES, GPTConfig
-from lit_ortho.modules.base import OrthoModule
+from lit_ortho.models.gpt import GPT, GPTConfig
+from lit_ortho.tasks.base import OrthoModule
 
 __all__ = ["GPT2Module"]
 
@@ -29,7 +29,8 @@ class GPT2Module(OrthoModule):
             (then saved in the checkpoint, so ``load_from_checkpoint`` needs nothing else).
         block_size, n_layer, n_head, n_embd: override the named size.
         dropout, bias: as in GPT-2 / nanoGPT.
-        lr ... fsdp_mixed_precision: see :class:`~lit_ortho.modules.base.OrthoModule`. Defaults are the
+        **kwargs: the optimiser / schedule / parallelism options of :class:`~lit_ortho.tasks.OrthoModule`
+            (``lr``, ``min_lr``, ``weight_decay``, ``betas``, ``warmup_steps``, ...). Its defaults are the
             nanoGPT / paper recipe: AdamW(6e-4, betas 0.9/0.95, weight decay 0.1), cosine to lr/10.
     """
 
@@ -44,34 +45,9 @@ class GPT2Module(OrthoModule):
         n_embd: Optional[int] = None,
         dropout: float = 0.0,
         bias: bool = True,
-        lr: float = 6e-4,
-        min_lr: Optional[float] = None,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
-        warmup_epochs: float = 0.0,
-        lr_decay_steps: Optional[int] = None,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        fsdp_mixed_precision: str = "auto",
+        **kwargs: Any,
     ):
-        super().__init__(
-            lr=lr,
-            min_lr=min_lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            eps=eps,
-            warmup_steps=warmup_steps,
-            warmup_epochs=warmup_epochs,
-            lr_decay_steps=lr_decay_steps,
-            activation_checkpointing=activation_checkpointing,
-            compile=compile,
-            fsdp_mixed_precision=fsdp_mixed_precision,
-        )
-        if size not in GPT_SIZES:
-            raise ValueError(f"unknown GPT-2 size {size!r}; valid choices: {', '.join(GPT_SIZES)}")
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.model: Optional[GPT] = None
         self.tokenizer_name: Optional[str] = None  # for generate(); from the datamodule or the checkpoint
         self.val_loss = MeanMetric()
@@ -215,13 +191,13 @@ class GPT2Module(OrthoModule):
         if self.model is None:
             raise RuntimeError("the model is not built yet: give vocab_size or run setup with a datamodule first")
         as_text = isinstance(prompt, str)
-        tokenizer = None
+        tok = None
         if as_text:
             name = tokenizer or self.tokenizer_name
             if name is None:
                 raise ValueError("this GPT2Module does not know its tokenizer; pass tokenizer='byte' or 'gpt2', or token ids")
-            tokenizer = get_tokenizer(name)
-            ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+            tok = get_tokenizer(name)
+            ids = tok.encode(prompt) if prompt else [tok.eot_id]
             idx = torch.tensor([ids], dtype=torch.long)
         else:
             idx = torch.as_tensor(prompt, dtype=torch.long)
@@ -231,7 +207,7 @@ class GPT2Module(OrthoModule):
         generator = None
         if seed is not None:
             generator = torch.Generator(device=idx.device).manual_seed(seed)
-        eos = tokenizer.eot_id if (tokenizer is not None and stop_at_eos) else None
+        eos = tok.eot_id if (tok is not None and stop_at_eos) else None
         was_training = self.model.training
         self.model.eval()
         try:
@@ -241,7 +217,7 @@ class GPT2Module(OrthoModule):
         if not as_text:
             return out if torch.as_tensor(prompt).dim() > 1 else out[0]
         start = 1 if not prompt else 0  # drop the document-start token of an empty prompt
-        return tokenizer.decode(out[0, start:].tolist())
+        return tok.decode(out[0, start:].tolist())
 
     def num_parameters(self) -> int:
         return 0 if self.model is None else self.model.num_parameters(non_embedding=False)
