@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 # Imported so the CLI resolves the short names (--model GPT2Module, --data TextDataModule).
 from lit_ortho.data import IMAGE_DATASETS, TOKENIZERS, ImageDataModule, TextDataModule  # noqa: F401
-from lit_ortho.modules import ConvNeXtModule, GPT2Module  # noqa: F401
+from lit_ortho.tasks import ConvNeXtModule, GPT2Module  # noqa: F401
 
 # Registers strategy: fsdp2 / fsdp2_cpu_offload / fsdp1 and provides the pre-flight check.
 from lit_ortho.distributed import ConfigurationError, check_trainer_config, consolidate_checkpoint
@@ -84,7 +84,12 @@ def _prepare_text_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-key", default="text", help="JSON field / parquet column holding the text (default: text)")
     p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     p.add_argument("--chunk-bytes", default="64MB", help="litdata chunk size (default: 64MB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier prepared output directory (kept until the new one is complete)"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="error instead of warning when folder files are not read or text is not valid UTF-8"
+    )
     return p
 
 
@@ -103,25 +108,33 @@ def _prepare_images_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when root has no train/ val/ (default: 0.1)")
     p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     p.add_argument("--chunk-bytes", default="256MB", help="litdata chunk size (default: 256MB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier prepared output directory (kept until the new one is complete)"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="error instead of warning when files are not read or a class folder holds no images"
+    )
     return p
 
 
 def prepare_text_command(argv: Sequence[str]) -> dict:
     from lit_ortho.data import prepare_text
+    from lit_ortho.data._common import warnings_as_lines
 
     a = _prepare_text_parser().parse_args(argv)
-    meta = prepare_text(
-        a.inputs,
-        a.output_dir,
-        tokenizer=a.tokenizer,
-        val_fraction=a.val_fraction,
-        val_inputs=a.val_inputs,
-        num_workers=a.num_workers,
-        text_key=a.text_key,
-        chunk_bytes=a.chunk_bytes,
-        overwrite=a.overwrite,
-    )
+    with warnings_as_lines("lit-ortho prepare-text"):
+        meta = prepare_text(
+            a.inputs,
+            a.output_dir,
+            tokenizer=a.tokenizer,
+            val_fraction=a.val_fraction,
+            val_inputs=a.val_inputs,
+            num_workers=a.num_workers,
+            text_key=a.text_key,
+            chunk_bytes=a.chunk_bytes,
+            overwrite=a.overwrite,
+            strict=a.strict,
+        )
     splits = ", ".join(f"{k}: {v['tokens']:,} tokens in {v['documents']:,} documents" for k, v in meta["splits"].items())
     print(f"wrote {a.output_dir} ({meta['tokenizer']}, vocabulary {meta['vocab_size']}): {splits}")
     print(f"train with: --data TextDataModule --data.data_dir {a.output_dir}")
@@ -132,6 +145,7 @@ def prepare_images_command(argv: Sequence[str]) -> dict:
     import json
 
     from lit_ortho.data import prepare_builtin_images, prepare_images
+    from lit_ortho.data._common import warnings_as_lines
 
     parser = _prepare_images_parser()
     a = parser.parse_args(argv)
@@ -144,9 +158,16 @@ def prepare_images_command(argv: Sequence[str]) -> dict:
     else:
         if not a.root or not a.output_dir:
             parser.error("a folder and --output-dir are required (or --dataset)")
-        meta = prepare_images(
-            a.root, a.output_dir, val_fraction=a.val_fraction, num_workers=a.num_workers, chunk_bytes=a.chunk_bytes, overwrite=a.overwrite
-        )
+        with warnings_as_lines("lit-ortho prepare-images"):
+            meta = prepare_images(
+                a.root,
+                a.output_dir,
+                val_fraction=a.val_fraction,
+                num_workers=a.num_workers,
+                chunk_bytes=a.chunk_bytes,
+                overwrite=a.overwrite,
+                strict=a.strict,
+            )
         out, target = a.output_dir, f"--data.data_dir {a.output_dir}"
     splits = ", ".join(f"{k}: {v['images']:,} images" for k, v in meta["splits"].items())
     print(f"wrote {out} ({meta['num_classes']} classes): {splits}")

@@ -14,6 +14,7 @@ import torch
 from lit_ortho.data import (
     ByteTokenizer,
     DataError,
+    DataWarning,
     ImageDataModule,
     TextDataModule,
     get_tokenizer,
@@ -91,7 +92,8 @@ def _write_corpus(root: Path):
 
 def test_prepare_text_reads_every_format_and_splits_documents_deterministically(tmp_path):
     docs = _write_corpus(tmp_path / "corpus")
-    meta = prepare_text([str(tmp_path / "corpus")], str(tmp_path / "out"), tokenizer="byte", val_fraction=0.2, num_workers=2, verbose=False)
+    with pytest.warns(DataWarning, match=r"1 file\(s\) in the input folders are not read .*ignored\.csv"):
+        meta = prepare_text([str(tmp_path / "corpus")], str(tmp_path / "out"), tokenizer="byte", val_fraction=0.2, num_workers=2, verbose=False)
     tok = ByteTokenizer()
     train = _documents(_token_stream(tmp_path / "out" / "train"), tok.eot_id)
     val = _documents(_token_stream(tmp_path / "out" / "val"), tok.eot_id)

@@ -1,7 +1,7 @@
 """Data: litdata token streams for GPT-2 and litdata image sets for ConvNeXt, with offline built-ins."""
 
 # _common first: it sets LITDATA_DISABLE_VERSION_CHECK before any submodule imports litdata.
-from lit_ortho.data._common import DataError, cache_root
+from lit_ortho.data._common import DataError, DataWarning, cache_root
 from lit_ortho.data.images import (
     IMAGE_CHUNK_BYTES,
     IMAGE_DATASETS,
@@ -33,5 +33,6 @@ __all__ = [
     "TEXT_CHUNK_BYTES",
     "IMAGE_CHUNK_BYTES",
     "DataError",
+    "DataWarning",
     "cache_root",
 ]

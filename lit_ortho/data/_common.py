@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -24,6 +25,13 @@ os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 __all__ = [
     "DataError",
+    "DataWarning",
+    "skip_or_refuse",
+    "some",
+    "warnings_as_lines",
+    "check_output_dir",
+    "check_not_overlapping",
+    "build_and_replace",
     "cache_root",
     "META_FILE",
     "new_meta",
@@ -33,7 +41,6 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_val_fraction",
-    "clear_output_dir",
     "check_chunks",
     "build_once",
     "run_optimize",
@@ -76,19 +83,92 @@ def check_val_fraction(val_fraction: float) -> float:
     return val_fraction
 
 
-def clear_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """``output_dir`` as a Path, removed if it exists (so :func:`build_once` can rename onto it, on any OS).
+def check_not_overlapping(output_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output directory that is, contains or lies inside any input path (symlinks resolved).
 
-    A non-empty one is only removed with ``overwrite``; without it, that is an error.
+    Preparing there would read its own output, and ``--overwrite`` would replace the input.
     """
+    given_out = Path(output_dir).expanduser()
+    out = given_out.resolve()
+    for item in inputs:
+        given = Path(item).expanduser()
+        real = given.resolve()
+        if real == out:
+            relation = "is"
+        elif out in real.parents:
+            relation = "contains"
+        elif real in out.parents:
+            relation = "lies inside"
+        else:
+            continue
+        # name where a symlink leads (not merely the absolute form of a relative path)
+        resolved = [f"{str(g)!r} -> {str(r)!r}" for g, r in ((given_out, out), (given, real)) if os.path.abspath(g) != str(r)]
+        note = f" (symlinks resolved: {'; '.join(resolved)})" if resolved else ""
+        raise DataError(
+            f"output directory {str(given_out)!r} {relation} the input {str(given)!r}{note}: "
+            "nothing was written; choose an output directory outside every input"
+        )
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """``output_dir`` as a Path, after checking that :func:`build_and_replace` may write it. Touches nothing.
+
+    Refused: an output overlapping an input (:func:`check_not_overlapping`), a file, a non-empty directory
+    without ``overwrite``, and (even with ``overwrite``) a non-empty directory that is not a prepared
+    lit-ortho directory (no ``lit_ortho.json``), so ``--overwrite`` only ever replaces earlier output.
+    """
+    check_not_overlapping(output_dir, inputs)
     out = Path(output_dir).expanduser()
     if out.exists():
         if not out.is_dir():
             raise DataError(f"output directory {str(out)!r} is a file")
-        if any(out.iterdir()) and not overwrite:
-            raise DataError(f"output directory {str(out)!r} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        if any(out.iterdir()):
+            if not overwrite:
+                raise DataError(f"output directory {str(out)!r} is not empty; pass --overwrite to replace it")
+            if not (out / META_FILE).is_file():
+                raise DataError(
+                    f"output directory {str(out)!r} is not a prepared lit-ortho directory (no {META_FILE}), so "
+                    "--overwrite does not replace it: choose another output directory, or empty it yourself"
+                )
     return out
+
+
+# ---- things preparation skips: a warning, or with strict an error --------------------------------------
+class DataWarning(UserWarning):
+    """Input that preparation skips or alters (files not read, empty class folders, invalid UTF-8).
+
+    ``strict=True`` (``--strict``) turns each into a :class:`DataError` raised before any output is written.
+    """
+
+
+def some(items: Sequence[Any], n: int = 5) -> str:
+    """``'a', 'b', 'c' and 7 more``: the first ``n`` items (repr), then how many are left."""
+    shown = ", ".join(repr(str(i)) for i in items[:n])
+    return shown + (f" and {len(items) - n:,} more" if len(items) > n else "")
+
+
+def skip_or_refuse(message: str, strict: bool, stacklevel: int = 3) -> None:
+    """Say that something is skipped: a :class:`DataWarning`, or with ``strict`` a :class:`DataError`."""
+    if strict:
+        raise DataError(f"{message} (refused: strict)")
+    warnings.warn(f"{message} (strict=True / --strict makes this an error)", DataWarning, stacklevel=stacklevel)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str):
+    """For the CLI: print each :class:`DataWarning` as one ``<prog>: warning: ...`` line on stderr, every time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DataWarning):
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 # ---- lit_ortho.json ----------------------------------------------------------------------------------
@@ -159,14 +239,77 @@ def check_chunks(directory: str | os.PathLike) -> dict[str, Any]:
     return {"items": items, "dims": dims}
 
 
+def _scratch_name(final: Path, tag: str) -> Path:
+    return final.parent / f".{final.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
 @contextlib.contextmanager
-def _scratch_dir(final: Path):
-    scratch = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+def _scratch_dir(final: Path, shown: Optional[Path] = None):
+    """A fresh directory beside ``final`` (same filesystem: renames are atomic), removed on exit.
+
+    Errors raised inside name ``shown`` (default ``final``), the directory the user gave, instead of it.
+    """
+    scratch = _scratch_name(final, "tmp")
     scratch.mkdir(parents=True)
     try:
         yield scratch
+    except BaseException as err:
+        _rename_in_error(err, scratch, Path(shown) if shown is not None else final)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _rename_in_error(err: BaseException, scratch: Path, shown: Path) -> None:
+    """Replace the scratch directory's path (and name) by ``shown`` in an exception's message, in place."""
+
+    def fix(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        return text.replace(str(scratch), str(shown)).replace(scratch.name, shown.name)
+
+    try:
+        err.args = tuple(fix(a) for a in err.args)
+        for attr in ("filename", "filename2"):
+            if isinstance(getattr(err, attr, None), str):
+                setattr(err, attr, fix(getattr(err, attr)))
+    except (AttributeError, TypeError):  # an exception type that does not allow it: keep its message
+        pass
+
+
+def _swap_into_place(scratch: Path, final: Path) -> None:
+    """Move the complete ``scratch`` to ``final``; a previous ``final`` is renamed aside first and deleted
+    last, so a crash at any point leaves a complete old or new directory (the old one possibly aside)."""
+    if not os.path.lexists(final):
+        os.rename(scratch, final)
+        return
+    aside = _scratch_name(final, "old")
+    os.rename(final, aside)
+    try:
+        os.rename(scratch, final)
+    except BaseException:
+        os.rename(aside, final)  # put the previous output back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    if os.path.lexists(aside):
+        warnings.warn(f"could not delete the previous output, moved aside to {str(aside)!r}; delete it yourself", DataWarning)
+
+
+def build_and_replace(output_dir: str | os.PathLike, build: Callable[[Path], Any]) -> Path:
+    """``build(scratch)`` in a scratch directory beside ``output_dir``, then swap it into place.
+
+    A previous ``output_dir`` stays untouched until the new directory is complete; if ``build`` fails
+    (or the swap does), it is intact, the scratch directory is removed, and the error names
+    ``output_dir`` rather than the scratch directory. A symlinked ``output_dir`` is replaced where it
+    points. Check the directory first with :func:`check_output_dir`.
+    """
+    shown = Path(output_dir).expanduser()
+    final = shown.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir(final, shown) as scratch:
+        build(scratch)
+        _swap_into_place(scratch, final)
+    return shown
 
 
 def build_once(final: Path, build: Callable[[Path], None]) -> Path:

@@ -1,7 +1,8 @@
 """Image classification data: ``prepare_images`` (folder tree -> litdata chunks) and ``ImageDataModule``.
 
 A prepared directory holds ``train/`` and ``val/`` litdata chunks of ``{"image": encoded bytes,
-"label": int}`` (the original JPEG/PNG bytes: nothing is re-encoded) and ``lit_ortho.json`` (classes).
+"label": int, "source": str}`` (the original JPEG/PNG bytes: nothing is re-encoded; ``source`` is the
+file's path relative to the folder tree, or ``<part>[<index>]`` for built-ins) and ``lit_ortho.json`` (classes).
 Images are decoded with PIL and augmented with timm's transforms in the DataLoader workers; mixup and
 cutmix (timm) run on the batch after it reaches the device.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -29,17 +31,21 @@ from litdata import StreamingDataset
 
 from lit_ortho.data._common import (
     DataError,
+    build_and_replace,
     build_once,
     cache_root,
     check_choice,
     check_chunks,
+    check_not_overlapping,
+    check_output_dir,
     check_val_fraction,
-    clear_output_dir,
     default_workers,
     load_meta,
     new_meta,
     read_meta,
     run_optimize,
+    skip_or_refuse,
+    some,
     write_meta,
 )
 
@@ -66,29 +72,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---- folder trees ---------------------------------------------------------------------------------
-def _class_folders(root: Path) -> dict[str, list[Path]]:
-    classes = {}
+def _class_folders(root: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """``({class: image files}, names of class folders without any image)`` of ``root/<class>/**``."""
+    classes, empty = {}, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if files:
             classes[d.name] = files
-    return classes
+        else:
+            empty.append(d.name)
+    return classes, empty
 
 
-def scan_image_folder(root: str, val_fraction: float = IMAGE_VAL_FRACTION) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Read an ImageNet-style tree into ``(classes, {"train": [(path, label)], "val": [...]})``.
+def _scan(root: str, val_fraction: float) -> tuple[list[str], dict[str, list[tuple[str, int]]], list[str], list[str]]:
+    """:func:`scan_image_folder` plus what it leaves out: ``(classes, splits, empty class folders, files not read)``.
 
-    ``root/train/<class>/*`` and ``root/val/<class>/*`` give the two splits; otherwise ``root/<class>/*``
-    is split with a stable hash of each file's path (``val_fraction`` to validation).
+    Empty class folders are those that would have been classes (``root/<class>`` or ``root/train/<class>``);
+    files not read are every file under ``root`` (relative paths) that is in neither split.
     """
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise DataError(f"image folder not found: {str(root_path)!r}")
     if (root_path / "train").is_dir():
-        train = _class_folders(root_path / "train")
-        val = _class_folders(root_path / "val") if (root_path / "val").is_dir() else {}
+        train, empty = _class_folders(root_path / "train")
+        val = _class_folders(root_path / "val")[0] if (root_path / "val").is_dir() else {}
         if not train:
             raise DataError(f"no class folders with images under {str(root_path / 'train')!r} (expected train/<class>/<image>)")
+        empty = [f"train/{c}" for c in empty]
         classes = sorted(train)
         unknown = sorted(set(val) - set(classes))
         if unknown:
@@ -99,7 +109,7 @@ def scan_image_folder(root: str, val_fraction: float = IMAGE_VAL_FRACTION) -> tu
             "val": [(str(p), label[c]) for c in sorted(val) for p in val[c]],
         }
     else:
-        tree = _class_folders(root_path)
+        tree, empty = _class_folders(root_path)
         if not tree:
             raise DataError(
                 f"no images found under {str(root_path)!r}: expected <root>/<class>/<image> or "
@@ -114,28 +124,55 @@ def scan_image_folder(root: str, val_fraction: float = IMAGE_VAL_FRACTION) -> tu
                 splits["val" if is_val else "train"].append((str(p), i))
     if len(classes) < 2:
         raise DataError(f"{str(root_path)!r} has {len(classes)} class folder(s); classification needs at least 2")
-    return classes, splits
+    read = {path for items in splits.values() for path, _ in items}
+    unread = sorted(str(p.relative_to(root_path)) for p in root_path.rglob("*") if p.is_file() and str(p) not in read)
+    return classes, splits, empty, unread
 
 
-def _item(image: bytes, label: Any) -> dict[str, Any]:
-    """One stored item: the encoded image and its class index (what ImageStreamingDataset decodes)."""
-    return {"image": image, "label": int(label)}
+def scan_image_folder(root: str, val_fraction: float = IMAGE_VAL_FRACTION) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """Read an ImageNet-style tree into ``(classes, {"train": [(path, label)], "val": [...]})``.
+
+    ``root/train/<class>/*`` and ``root/val/<class>/*`` give the two splits; otherwise ``root/<class>/*``
+    is split with a stable hash of each file's path (``val_fraction`` to validation). Folders whose name
+    starts with ``.`` are not classes; files with other suffixes than ``IMAGE_SUFFIXES`` are not read
+    (:func:`prepare_images` reports both).
+    """
+    return _scan(root, val_fraction)[:2]
+
+
+def _item(image: bytes, label: Any, source: str) -> dict[str, Any]:
+    """One stored item: the encoded image, its class index and where it came from (what
+    ImageStreamingDataset decodes; ``source`` names the sample in decode errors)."""
+    return {"image": image, "label": int(label), "source": str(source)}
+
+
+def _decode(data: bytes):
+    """The RGB image of encoded bytes, decoded fully (as training does)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 class _ReadImageFile:
-    """``litdata.optimize`` function: ``(path, label)`` -> the file's bytes (checked to be an image)."""
+    """``litdata.optimize`` function: ``(path, label)`` -> the file's bytes, stored with its path relative
+    to ``root``. Each image is verified and decoded fully (``verify()`` alone misses truncated files)."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
 
     def __call__(self, item: tuple[str, int]) -> dict[str, Any]:
         from PIL import Image
 
         path, label = item
-        data = Path(path).read_bytes()
         try:
+            data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as img:
-                img.verify()
+                img.verify()  # structure and checksums
+            _decode(data)  # every pixel: truncated or corrupt scan data fails here
         except Exception as err:
-            raise DataError(f"cannot read image {path!r}: {err}") from None
-        return _item(data, label)
+            raise DataError(f"cannot read image {path!r}: {type(err).__name__}: {err}".replace("\n", " ")) from None
+        return _item(data, label, os.path.relpath(path, self.root))
 
 
 def _write_splits(scratch: Path, fn: Any, splits: dict[str, list], classes: list[str], source: str, num_workers: int, chunk_bytes: str, verbose: bool) -> dict:
@@ -160,15 +197,52 @@ def prepare_images(
     chunk_bytes: str = IMAGE_CHUNK_BYTES,
     overwrite: bool = False,
     verbose: bool = True,
+    strict: bool = False,
 ) -> dict:
-    """Pack an ImageNet-style folder tree into litdata chunks (original bytes kept) under ``output_dir``."""
+    """Pack an ImageNet-style folder tree into litdata chunks (original bytes kept) under ``output_dir``.
+
+    See :func:`scan_image_folder` for the layouts. Returns the metadata written to ``output_dir/lit_ortho.json``.
+
+    Guarantees:
+
+    * ``root`` is only read. An ``output_dir`` that is, contains or lies inside ``root`` (symlinks
+      resolved) is refused before anything is touched; the error names both paths.
+    * The output is built in a scratch directory beside ``output_dir`` (``.<name>.tmp-*``) and renamed into
+      place only once complete. With ``overwrite`` a previous output (a directory holding ``lit_ortho.json``;
+      any other non-empty directory is refused) stays intact until then: it is renamed aside, the new one
+      renamed into place, then the old one deleted, so at any moment a complete old or new directory
+      exists. On any failure the previous output is unchanged, the scratch directory is removed, and
+      the error names ``output_dir``.
+    * Every image is decoded fully, as training will decode it: an unreadable, corrupt or truncated file
+      is a :class:`DataError` naming it. Each sample stores its path relative to ``root``, and a decode
+      error at training time names it.
+    * Nothing is dropped silently: class folders without images (which would silently remove a class) and
+      files that are not read (unsupported suffixes such as ``.jfif`` or ``.heic``, files outside class
+      folders, folders other than ``train/`` and ``val/`` in a split tree, hidden folders) are reported in
+      a :class:`~lit_ortho.data.DataWarning` that names the first few and counts them. With ``strict``
+      each is a :class:`DataError` instead, raised before any output is written.
+    """
     check_val_fraction(val_fraction)
-    classes, splits = scan_image_folder(root, val_fraction)
+    check_not_overlapping(output_dir, [root])  # before reading anything
+    classes, splits, empty, unread = _scan(root, val_fraction)
     if not splits["train"]:
         raise DataError(f"no training images under {root!r}")
-    out = clear_output_dir(output_dir, overwrite)
+    out = check_output_dir(output_dir, overwrite, [root])
+    if empty:
+        skip_or_refuse(
+            f"{len(empty):,} class folder(s) under {str(root)!r} hold no images and are left out "
+            f"({len(classes)} classes remain): {some(empty)}",
+            strict,
+        )
+    if unread:
+        skip_or_refuse(
+            f"{len(unread):,} file(s) under {str(root)!r} are not read (images need the suffixes {', '.join(IMAGE_SUFFIXES)} "
+            f"and a class folder): {some(unread)}",
+            strict,
+        )
     workers = num_workers or default_workers()
-    build_once(out, lambda scratch: _write_splits(scratch, _ReadImageFile(), splits, classes, str(root), workers, chunk_bytes, verbose))
+    fn = _ReadImageFile(str(Path(root).expanduser()))
+    build_and_replace(out, lambda scratch: _write_splits(scratch, fn, splits, classes, str(root), workers, chunk_bytes, verbose))
     return load_meta(out)
 
 
@@ -223,7 +297,7 @@ class _EncodeArrays:
         for i in indices:
             buf = io.BytesIO()
             Image.fromarray(images[i]).save(buf, format="PNG")
-            yield _item(buf.getvalue(), labels[i])
+            yield _item(buf.getvalue(), labels[i], f"{part}[{i}]")
 
 
 def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
@@ -305,9 +379,11 @@ def prepare_builtin_images(
 
 # ---- the data module -------------------------------------------------------------------------------
 class ImageStreamingDataset(StreamingDataset):
-    """Decodes ``{"image": bytes, "label": int}`` items with PIL and applies a transform.
+    """Decodes ``{"image": bytes, "label": int, "source": str}`` items with PIL and applies a transform.
 
-    At module level so that DataLoader workers started with ``spawn`` (macOS, Windows) can unpickle it.
+    A decode error is a :class:`DataError` naming the sample's source file (``source``, stored by
+    :func:`prepare_images`; older directories without it: the item index). At module level so that
+    DataLoader workers started with ``spawn`` (macOS, Windows) can unpickle it.
     """
 
     def __init__(self, *args: Any, image_transform: Any = None, **kwargs: Any):
@@ -315,10 +391,16 @@ class ImageStreamingDataset(StreamingDataset):
         self.image_transform = image_transform
 
     def __getitem__(self, index: Any):
-        from PIL import Image
-
         item = super().__getitem__(index)
-        image = Image.open(io.BytesIO(item["image"])).convert("RGB")
+        try:
+            image = _decode(item["image"])
+        except Exception as err:
+            source = item.get("source") or f"item {index}"
+            where = getattr(getattr(self, "input_dir", None), "path", None)
+            raise DataError(
+                f"cannot decode image {source!r}" + (f" stored in {where!r}" if where else "") + f": {type(err).__name__}: {err}; "
+                "check the source file and prepare the data again"
+            ) from err
         if self.image_transform is not None:
             image = self.image_transform(image)
         return image, item["label"]

@@ -9,32 +9,39 @@ the read position part of the checkpoint, so a resumed run continues where it st
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import io
 import json
 import lzma
 import os
+import shutil
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
 
 from lit_ortho.data._common import (
     DataError,
+    DataWarning,
+    build_and_replace,
     build_once,
     cache_root,
     check_chunks,
+    check_not_overlapping,
+    check_output_dir,
     check_positive_int,
     check_val_fraction,
-    clear_output_dir,
     default_workers,
     load_meta,
     new_meta,
     read_meta,
     run_optimize,
+    skip_or_refuse,
+    some,
     write_meta,
 )
 from lit_ortho.data.tokenizers import EOT_TEXT, check_tokenizer, get_tokenizer
@@ -45,6 +52,7 @@ __all__ = [
     "prepare_embedded_text",
     "embedded_text_dir",
     "find_text_files",
+    "scan_text_inputs",
     "TEXT_SUFFIXES",
     "TEXT_CHUNK_BYTES",
     "TEXT_VAL_FRACTION",
@@ -78,49 +86,103 @@ def _kind(path: str) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def find_text_files(inputs: Sequence[str]) -> list[str]:
-    """Expand files and folders (recursively) into the supported text files, sorted."""
+def scan_text_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand files and folders (recursively) into ``(supported text files, files not read)``, both sorted
+    per input. A folder with no supported file, an unsupported file named directly, or a missing input
+    is an error; the files of a folder that are not read (other suffixes) are returned to be reported.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not inputs:
         raise DataError("prepare-text needs at least one input file or folder")
     files: list[str] = []
+    unread: list[str] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and _kind(str(p))[0])
+            every = sorted(str(p) for p in path.rglob("*") if p.is_file())
+            found = [f for f in every if _kind(f)[0]]
             if not found:
                 raise DataError(f"no text files in folder {str(path)!r}; supported: {SUPPORTED_TEXT}")
             files.extend(found)
+            unread.extend(f for f in every if not _kind(f)[0])
         elif path.is_file():
             if not _kind(str(path))[0]:
                 raise DataError(f"unsupported text file {str(path)!r}; supported: {SUPPORTED_TEXT}")
             files.append(str(path))
         else:
             raise DataError(f"input not found: {str(path)!r}")
-    return files
+    return files, unread
+
+
+def find_text_files(inputs: Sequence[str]) -> list[str]:
+    """Expand files and folders (recursively) into the supported text files, sorted (see :func:`scan_text_inputs`)."""
+    return scan_text_inputs(inputs)[0]
 
 
 def _open_text(path: str, compression: Optional[str]) -> io.TextIOBase:
     opener = COMPRESSION_SUFFIXES[compression] if compression else open
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+    return opener(path, "rt", encoding="utf-8", errors=_COUNT_BAD_UTF8)
 
 
-def iter_documents(path: str, text_key: str = "text", shard: int = 0, num_shards: int = 1) -> Iterator[tuple[int, str]]:
+# Invalid UTF-8 is read as U+FFFD, like errors="replace", and the replaced bytes are counted (per process:
+# every litdata worker reads its files one at a time) so that prepare_text can report them.
+_COUNT_BAD_UTF8 = "lit_ortho.replace_counting"
+_bad_utf8_bytes = [0]
+
+
+def _replace_counting(err: UnicodeError):
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    _bad_utf8_bytes[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error(_COUNT_BAD_UTF8, _replace_counting)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def iter_documents(
+    path: str,
+    text_key: str = "text",
+    shard: int = 0,
+    num_shards: int = 1,
+    strict: bool = False,
+    on_bad_utf8: Optional[Callable[[str, int], None]] = None,
+) -> Iterator[tuple[int, str]]:
     """Yield ``(document index, text)`` of one file; with ``num_shards``, only this shard's documents.
 
     Plain text: the file is one document, or several separated by ``EOT_TEXT`` (``<|endoftext|>``). JSON lines: one
     document per line (an object's ``text_key`` or a bare string). Parquet: the ``text_key`` column,
     sharded by row group (needs pyarrow).
+
+    Invalid UTF-8 (plain text, JSON lines) is read as U+FFFD; once the file is read, ``on_bad_utf8(path,
+    bytes)`` is called with the number of bytes replaced, or with ``strict`` a :class:`DataError` is raised.
     """
     fmt, compression = _kind(path)
+
+    def check_utf8(start: int) -> None:
+        bad = _bad_utf8_bytes[0] - start
+        if not bad:
+            return
+        if strict:
+            raise DataError(f"{path}: invalid UTF-8 ({_plural(bad, 'byte')} would be read as U+FFFD); re-encode it as UTF-8 (refused: strict)")
+        if on_bad_utf8 is not None:
+            on_bad_utf8(path, bad)
+
     if fmt == "plain":
+        start = _bad_utf8_bytes[0]
         with _open_text(path, compression) as f:
             text = f.read()
+        check_utf8(start)
         for i, doc in enumerate(text.split(EOT_TEXT)):
             if i % num_shards == shard and doc.strip():
                 yield i, doc
     elif fmt == "jsonl":
+        start = _bad_utf8_bytes[0]
         with _open_text(path, compression) as f:
             for i, line in enumerate(f):
                 if i % num_shards != shard or not line.strip():
@@ -136,6 +198,7 @@ def iter_documents(path: str, text_key: str = "text", shard: int = 0, num_shards
                 if not isinstance(record, str):
                     raise DataError(f"{path}:{i + 1}: the text must be a string, got {type(record).__name__}")
                 yield i, record
+        check_utf8(start)
     elif fmt == "parquet":
         try:
             import pyarrow.parquet as pq
@@ -168,21 +231,38 @@ def in_validation(path: str, index: int, val_fraction: float) -> bool:
 class _TokenizeDocuments:
     """The ``litdata.optimize`` function: a (file, shard, num_shards) input -> token arrays of its documents."""
 
-    def __init__(self, tokenizer: str, keep: str, val_fraction: float, text_key: str):
+    def __init__(self, tokenizer: str, keep: str, val_fraction: float, text_key: str, strict: bool = False, report_dir: Optional[str] = None):
         # keep: "train" / "val" (documents on that side of the hash split) or "all"
         self.tokenizer, self.keep, self.val_fraction, self.text_key = tokenizer, keep, val_fraction, text_key
+        # strict: invalid UTF-8 is an error; else each file's count goes to report_dir/<pid>.jsonl
+        self.strict, self.report_dir = strict, report_dir
+
+    def _report(self, path: str, bad_bytes: int) -> None:
+        if self.report_dir is not None:
+            with open(Path(self.report_dir) / f"{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"path": path, "bad_bytes": bad_bytes}) + "\n")
 
     def __call__(self, item: tuple[str, int, int]) -> Iterator[torch.Tensor]:
         path, shard, num_shards = item
         tok = get_tokenizer(self.tokenizer)
         dtype = torch.uint16 if tok.vocab_size <= 2**16 else torch.int32
-        for i, doc in iter_documents(path, self.text_key, shard, num_shards):
+        for i, doc in iter_documents(path, self.text_key, shard, num_shards, strict=self.strict, on_bad_utf8=self._report):
             if self.keep != "all" and in_validation(path, i, self.val_fraction) != (self.keep == "val"):
                 continue
             ids = tok.encode(doc)
             if ids:
                 ids.append(tok.eot_id)
                 yield torch.tensor(ids, dtype=dtype)
+
+
+def _read_utf8_reports(report_dir: Path) -> dict[str, int]:
+    """Bytes of invalid UTF-8 per file, from the workers' reports (every shard reads its whole file: max)."""
+    found: dict[str, int] = {}
+    for report in sorted(report_dir.glob("*.jsonl")):
+        for line in report.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            found[entry["path"]] = max(found.get(entry["path"], 0), int(entry["bad_bytes"]))
+    return found
 
 
 def prepare_text(
@@ -196,6 +276,7 @@ def prepare_text(
     chunk_bytes: str = TEXT_CHUNK_BYTES,
     overwrite: bool = False,
     verbose: bool = True,
+    strict: bool = False,
 ) -> dict:
     """Tokenise text/jsonl/parquet files (OpenWebText included) into litdata chunks under ``output_dir``.
 
@@ -203,18 +284,39 @@ def prepare_text(
     index; nanoGPT's 0.0005 by default), the rest to ``train/``; or, with ``val_inputs``, those files
     are the validation split and every input document trains. Returns the metadata written to
     ``output_dir/lit_ortho.json``.
+
+    Guarantees:
+
+    * Inputs are only read. An ``output_dir`` that is, contains or lies inside any input or validation
+      input (symlinks resolved) is refused before anything is touched; the error names both paths.
+    * The output is built in a scratch directory beside ``output_dir`` (``.<name>.tmp-*``) and renamed into
+      place only once complete. With ``overwrite`` a previous output (a directory holding ``lit_ortho.json``;
+      any other non-empty directory is refused) stays intact until then: it is renamed aside, the new one
+      renamed into place, then the old one deleted, so at any moment a complete old or new directory
+      exists. On any failure the previous output is unchanged, the scratch directory is removed, and
+      the error names ``output_dir``.
+    * Nothing is dropped silently: files of an input folder with an unsupported suffix, and invalid UTF-8
+      (read as U+FFFD), are reported in a :class:`~lit_ortho.data.DataWarning` that names the first few
+      and counts them. With ``strict`` each is a :class:`DataError` instead, raised before any output
+      is written (``output_dir`` is never created or changed).
     """
     from litdata import TokensLoader
 
     tok = get_tokenizer(check_tokenizer(tokenizer))  # fail now (e.g. tiktoken offline), not inside a worker
     check_val_fraction(val_fraction)
-    files = find_text_files(inputs)
+    input_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or [])
+    val_list = [val_inputs] if isinstance(val_inputs, (str, os.PathLike)) else list(val_inputs or [])
+    check_not_overlapping(output_dir, input_list + val_list)  # before reading anything
+    files, unread = scan_text_inputs(input_list)
     if all(os.path.getsize(f) == 0 for f in files):
         raise DataError(f"empty corpus: every input file is empty ({', '.join(files)})")
-    val_files = find_text_files(val_inputs) if val_inputs else []
+    val_files, val_unread = scan_text_inputs(val_list) if val_list else ([], [])
     if val_files:
         val_fraction = 0.0
-    out = clear_output_dir(output_dir, overwrite)
+    out = check_output_dir(output_dir, overwrite, input_list + val_list)
+    unread += val_unread
+    if unread:
+        skip_or_refuse(f"{len(unread):,} file(s) in the input folders are not read (supported: {SUPPORTED_TEXT}): {some(unread)}", strict)
     num_workers = num_workers or default_workers()
 
     def shards_of(paths: list[str]) -> list[tuple[str, int, int]]:
@@ -229,9 +331,11 @@ def prepare_text(
 
     def build(scratch: Path) -> None:
         counts = {}
+        reports = scratch / ".utf8"
+        reports.mkdir()
         for split, (work, keep) in plan.items():
             summary = run_optimize(
-                _TokenizeDocuments(tokenizer, keep, val_fraction, text_key),
+                _TokenizeDocuments(tokenizer, keep, val_fraction, text_key, strict=strict, report_dir=str(reports)),
                 work,
                 scratch / split,
                 num_workers=num_workers,
@@ -242,9 +346,20 @@ def prepare_text(
             if summary is None:
                 if split == "train" or val_files:
                     raise DataError(f"empty corpus: no text found in {', '.join(files if split == 'train' else val_files)}")
-                warnings.warn(f"no document fell in the validation split (val_fraction={val_fraction}); no val/ written")
+                warnings.warn(f"no document fell in the validation split (val_fraction={val_fraction}); no val/ written", DataWarning)
                 continue
             counts[split] = {"documents": summary["items"], "tokens": summary["dims"]}
+        bad = _read_utf8_reports(reports)
+        shutil.rmtree(reports)
+        if bad:  # strict raised inside the worker already
+            listed = [f"{p!r} ({_plural(n, 'byte')})" for p, n in sorted(bad.items())]
+            shown = ", ".join(listed[:5]) + (f" and {len(listed) - 5:,} more" if len(listed) > 5 else "")
+            warnings.warn(
+                f"{len(bad):,} input file(s) hold invalid UTF-8, read as U+FFFD: {shown} "
+                "(strict=True / --strict makes this an error)",
+                DataWarning,
+                stacklevel=4,  # prepare_text's caller (build <- build_and_replace <- prepare_text)
+            )
         meta = new_meta(
             "text",
             tokenizer=tokenizer,
@@ -256,7 +371,7 @@ def prepare_text(
         )
         write_meta(scratch, meta)
 
-    build_once(out, build)
+    build_and_replace(out, build)
     return load_meta(out)
 
 
