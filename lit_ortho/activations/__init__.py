@@ -4,6 +4,7 @@ Layers, bottom to top (a module imports only modules above it in this list, neve
 
 * ``lit_ortho.errors``: user-error messages ("unknown X; valid choices ...");
 * :mod:`.spec`: the registry of activation names and the spec parser (``"hermite:3"``, mappings);
+* :mod:`.fixed`: fixed activations torch lacks (Hugging Face's exact GELU formulas);
 * :mod:`.elementwise`: compute dtype, coefficient broadcasting, channel sums;
 * :mod:`.family`: one record per learnable family, from which every per-family table is derived;
 * :mod:`.kernels`: Triton kernels and the ``torch.ops.lit_ortho`` custom ops;
@@ -17,6 +18,7 @@ Layers, bottom to top (a module imports only modules above it in this list, neve
 from lit_ortho.activations.backends import BACKENDS
 from lit_ortho.activations.base import INITS, MAX_DEGREE, MIN_DEGREE, LearnableActivation
 from lit_ortho.activations.family import FAMILIES, Family, register_family
+from lit_ortho.activations.fixed import HF_ACTIVATIONS, hf_activation_name, spec_for_hf_activation
 from lit_ortho.activations.fourier import FOURIER_C, FourierActivation
 from lit_ortho.activations.hermite import HermiteActivation
 from lit_ortho.activations.init import fit_activation, gaussian_gains
@@ -40,6 +42,7 @@ __all__ = [
     "Family",
     "FourierActivation",
     "GELU_CLASSES",
+    "HF_ACTIVATIONS",
     "HermiteActivation",
     "INITS",
     "LearnableActivation",
@@ -51,11 +54,13 @@ __all__ = [
     "build_activation",
     "fit_activation",
     "gaussian_gains",
+    "hf_activation_name",
     "is_gelu",
     "list_activations",
     "parse_activation_spec",
     "register_activation",
     "register_family",
     "replace_activations",
+    "spec_for_hf_activation",
     "spec_of",
 ]

@@ -292,20 +292,30 @@ def spec_of(module: nn.Module) -> Union[dict, str]:
     config = getattr(module, "config", None)
     if callable(config):
         return config()
-    probe = torch.linspace(-4, 4, 161, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            values = copy.deepcopy(module).double()(probe)
-    except Exception:  # not an element-wise activation
-        values = None
+    candidates = []
     for name, factory in _REGISTRY.items():
         try:
             candidate = factory()
         except TypeError:  # needs arguments (a learnable family)
             continue
-        if type(candidate) is type(module) and repr(candidate) == repr(module):
-            return name
-        if values is not None and values.shape == probe.shape:
+        if type(candidate) is type(module):
+            if repr(candidate) == repr(module):
+                return name  # the very class and settings: exact
+            spec = f"{name}({module.extra_repr()})"  # the same class, other settings: LeakyReLU(negative_slope=0.1)
+            try:
+                if repr(build_activation(spec)) == repr(module):
+                    return spec
+            except ValueError:
+                pass
+        candidates.append((name, candidate))
+    probe = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            values = copy.deepcopy(module).double()(probe)
+    except Exception:  # noqa: BLE001 - not an element-wise activation
+        values = None
+    if values is not None and values.shape == probe.shape:
+        for name, candidate in candidates:  # another class computing the same function (timm's GELU)
             with torch.no_grad():
                 if torch.allclose(candidate.double()(probe), values, rtol=0, atol=1e-9):
                     return name

@@ -18,13 +18,25 @@ from lit_ortho.activations.spec import ActivationSpec, build_activation, spec_of
 
 __all__ = ["replace_activations", "GELU_CLASSES", "is_gelu"]
 
-# GELU as torch and timm spell it (timm's classes are not subclasses of nn.GELU): what the paper swaps
-# out, what ``replace_activations`` replaces by default and what a pretrained ConvNeXt holds. Named by
-# import path, so recognising them imports no model library.
+# GELU as torch, lit_ortho (Hugging Face's formulas), timm and transformers spell it (none of the library
+# classes subclasses nn.GELU): what the paper swaps out, what ``replace_activations`` replaces by default,
+# what pretrained ConvNeXt, GPT-2, BERT and ViT checkpoints hold. Named by import path (whichever the
+# installed versions have), so recognising them imports no model library.
 GELU_CLASSES: tuple[str, ...] = (
     "torch.nn.modules.activation.GELU",
+    "lit_ortho.activations.fixed.NewGELU",
+    "lit_ortho.activations.fixed.FastGELU",
+    "lit_ortho.activations.fixed.QuickGELU",
     "timm.layers.activations.GELU",
     "timm.layers.activations.GELUTanh",
+    "transformers.activations.GELUActivation",
+    "transformers.activations.NewGELUActivation",
+    "transformers.activations.FastGELUActivation",
+    "transformers.activations.QuickGELUActivation",
+    "transformers.activations.AccurateGELUActivation",
+    "transformers.activations.GELUTanh",
+    "transformers.activations.PytorchGELUTanh",
+    "transformers.activations.ClippedGELUActivation",
 )
 
 

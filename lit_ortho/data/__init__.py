@@ -12,7 +12,7 @@ from lit_ortho.data.images import (
     scan_image_folder,
 )
 from lit_ortho.data.text import TEXT_CHUNK_BYTES, TextDataModule, find_text_files, prepare_embedded_text, prepare_text
-from lit_ortho.data.tokenizers import EOT_TEXT, TOKENIZERS, ByteTokenizer, TiktokenTokenizer, get_tokenizer
+from lit_ortho.data.tokenizers import EOT_TEXT, TOKENIZERS, ByteTokenizer, HFTokenizer, TiktokenTokenizer, get_tokenizer
 
 __all__ = [
     "TextDataModule",
@@ -24,6 +24,7 @@ __all__ = [
     "find_text_files",
     "scan_image_folder",
     "get_tokenizer",
+    "HFTokenizer",
     "ByteTokenizer",
     "TiktokenTokenizer",
     "TOKENIZERS",

@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_ortho.activations import replace_activations, spec_for_hf_activation, spec_of
 from lit_ortho.activations.spec import build_activation, parse_activation_spec
 from lit_ortho.errors import UsageError, check_choice
+from lit_ortho.models.hf import load_gpt2_checkpoint
 
-__all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "GPT_SIZES", "layer_activation_specs"]
+__all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "GPT_SIZES", "GPT_PARTS", "layer_activation_specs",
+           "set_trainable_parts"]
 
 # name -> (n_layer, n_head, n_embd, block_size); the GPT-2 family as released, plus a CPU-sized model.
 GPT_SIZES: dict[str, dict[str, int]] = {
@@ -212,6 +215,65 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.reset_parameters()
 
+    @classmethod
+    def from_pretrained(cls, path: str, activation: Any = None, **overrides: Any) -> "GPT":
+        """A GPT-2 from a local Hugging Face checkpoint (any size; see :mod:`lit_ortho.models.hf` for the files).
+
+        The checkpoint's own activation (``activation_function``, e.g. ``gelu_new``) is reproduced with Hugging
+        Face's exact formula, so fp32 logits equal ``transformers.GPT2LMHeadModel``'s. ``activation`` then
+        replaces every MLP activation (the paper's swap): a learnable spec is fitted to the activation it
+        replaces (value and slope), a fixed one is used as is. ``overrides`` set other :class:`GPTConfig`
+        fields (``dropout`` defaults to 0, ``gradient_checkpointing``); the sizes come from the checkpoint.
+        Nothing is downloaded.
+        """
+        found, state = load_gpt2_checkpoint(path)
+        if abs(found["layer_norm_epsilon"] - 1e-5) > 1e-12:
+            raise UsageError(f"{path!r}: layer_norm_epsilon={found['layer_norm_epsilon']}, but GPT's LayerNorms use 1e-5")
+        sizes = {k: found[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+        clash = sorted(k for k in overrides if k in sizes or k in ("activation", "bias"))
+        if clash:
+            raise UsageError(f"GPT.from_pretrained takes the sizes from the checkpoint; remove {clash} from the overrides")
+        config = GPTConfig(**sizes, activation=spec_for_hf_activation(found["activation_function"]), bias=True,
+                           **{"dropout": 0.0, **overrides})  # fmt: skip
+        model = cls(config)
+        model.load_unpadded_state_dict(state, source=str(path))
+        if activation is not None:
+            model.replace_mlp_activations(activation)
+        return model
+
+    @torch.no_grad()
+    def load_unpadded_state_dict(self, state: dict[str, Tensor], source: str = "the checkpoint") -> None:
+        """Load weights whose token table has ``vocab_size`` rows (the padding rows are zeroed; their logits
+        are masked anyway). Missing, unexpected and mis-shaped keys are named in one error."""
+        own = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        vocab = self.config.vocab_size
+        shapes = {k: (tuple(state[k].shape), tuple(own[k].shape)) for k in set(own) & set(state)
+                  if tuple(state[k].shape) != (tuple(own[k].shape) if k != "transformer.wte.weight" else (vocab, own[k].shape[1]))}  # fmt: skip
+        if missing or unexpected or shapes:
+            parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
+                     "mis-shaped keys " + ", ".join(f"{k} {a} (expected {b})" for k, (a, b) in sorted(shapes.items())) if shapes else ""]  # fmt: skip
+            raise UsageError(f"{source} does not fit this GPT: " + "; ".join(p for p in parts if p))
+        for key, value in state.items():
+            target = own[key][:vocab] if key == "transformer.wte.weight" else own[key]
+            target.copy_(value)
+        self.transformer.wte.weight[vocab:].zero_()
+
+    def replace_mlp_activations(self, activation: Any) -> list[str]:
+        """Replace every block's MLP activation by ``activation`` (a learnable spec is fitted to the module it
+        replaces), and record the result in ``config.activation``, so the config rebuilds this model."""
+        learnable = callable(getattr(build_activation(activation), "config", None))
+        replaced = replace_activations(self, activation, types=None, names=["transformer.h.*.mlp.act"],
+                                       init="replaced" if learnable else None)  # fmt: skip
+        self.config.activation = self.activation_specs()
+        return replaced
+
+    def activation_specs(self) -> Any:
+        """The spec of the activations the model really has: one spec, or one per layer when they differ."""
+        specs = [spec_of(block.mlp.act) for block in self.transformer.h]
+        return specs[0] if all(s == specs[0] for s in specs) else specs
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layer).
@@ -251,7 +313,10 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.padded_vocab_size > self.config.vocab_size:  # padding ids are no tokens: probability 0
+            logits[..., self.config.vocab_size :] = float("-inf")
+        return logits
 
     @torch.no_grad()
     def generate(
@@ -286,3 +351,40 @@ class GPT(nn.Module):
                 if bool(finished.all()):
                     break
         return idx
+
+
+# Parameter groups for partial fine-tuning, by name glob (the head is tied to wte: it is an embedding).
+GPT_PARTS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("transformer.wte.*", "transformer.wpe.*", "lm_head.*"),
+    "attention": ("transformer.h.*.attn.*",),
+    "mlp": ("transformer.h.*.mlp.c_fc.*", "transformer.h.*.mlp.c_proj.*"),
+    "norms": ("transformer.h.*.ln_*", "transformer.ln_f.*"),
+    "activations": ("transformer.h.*.mlp.act.*",),
+}
+
+
+def set_trainable_parts(model: GPT, freeze: Any = None, trainable: Any = None) -> list[str]:
+    """Freeze the :data:`GPT_PARTS` named in ``freeze``, or everything but those in ``trainable`` (a name or a
+    list: ``trainable="activations"`` trains only the learnable activations, as the paper's fine-tune);
+    returns the names of the parameters left trainable."""
+    import fnmatch
+
+    if freeze is not None and trainable is not None:
+        raise UsageError("give freeze or trainable, not both")
+    chosen = freeze if freeze is not None else trainable
+    if chosen is None:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    parts = [chosen] if isinstance(chosen, str) else list(chosen)
+    for part in parts:
+        check_choice(part, GPT_PARTS, "GPT part")
+    patterns = [g for part in parts for g in GPT_PARTS[part]]
+    names = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        named = any(fnmatch.fnmatchcase(name, g) for g in patterns)
+        p.requires_grad_(named if trainable is not None else not named)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            names.append(name)
+    if not names:
+        raise UsageError(f"nothing left to train: freeze={freeze!r}, trainable={trainable!r}")
+    return names

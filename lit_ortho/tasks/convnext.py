@@ -10,6 +10,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_ortho.activations import spec_of
+from lit_ortho.errors import UsageError
 from lit_ortho.models.convnext import check_convnext_name, create_convnext, freeze_all_but_activations_and_head
 from lit_ortho.tasks.base import OrthoModule
 
@@ -113,9 +115,20 @@ class ConvNeXtModule(OrthoModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The checkpoint holds every weight: reloading must not need (or re-fit from) the pretrained file.
-        if checkpoint.get("hyper_parameters", {}).get("pretrained") is not None:
-            checkpoint["hyper_parameters"]["pretrained"] = None
+        """The checkpoint holds every weight and the activations the blocks really have (replaced after
+        construction, fitted to a pretrained model's GELU...): reloading needs neither the pretrained file
+        nor the original spec."""
+        hp = checkpoint.setdefault("hyper_parameters", {})
+        hp["pretrained"] = None
+        if self.model is None:
+            return
+        specs = [spec_of(block.mlp.act) for stage in self.model.stages for block in stage.blocks]
+        if any(s != specs[0] for s in specs):
+            raise UsageError(
+                "ConvNeXtModule rebuilds one activation for every block, but the blocks hold different ones "
+                f"({sorted({str(s) for s in specs})}): give all blocks the same activation, or save the model's state_dict"
+            )
+        hp["activation"], hp["activation_init"] = specs[0], None  # the spec carries its own init
 
     # ---- sharding hooks ----------------------------------------------------------------------------
     def shard_units(self):

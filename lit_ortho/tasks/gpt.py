@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -9,10 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_ortho.models.gpt import GPT, GPTConfig
+from lit_ortho.errors import UsageError
+from lit_ortho.models.gpt import GPT, GPTConfig, set_trainable_parts
 from lit_ortho.tasks.base import OrthoModule
 
 __all__ = ["GPT2Module"]
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class GPT2Module(OrthoModule):
@@ -24,11 +28,18 @@ class GPT2Module(OrthoModule):
 
     Args:
         size: ``tiny`` (a CPU model), ``gpt2`` (124 M), ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``.
-        activation: the MLP activation spec, or a per-layer mapping ``{"0-3": "gelu", "*": "hermite:3"}``.
+        activation: the MLP activation spec, or a per-layer mapping ``{"0-3": "gelu", "*": "hermite:3"}``
+            (``None``: ``gelu``, or with ``pretrained`` the checkpoint's own activation).
         vocab_size: tokenizer vocabulary; ``None`` takes the datamodule's ``vocab_size`` at setup
             (then saved in the checkpoint, so ``load_from_checkpoint`` needs nothing else).
         block_size, n_layer, n_head, n_embd: override the named size.
         dropout, bias: as in GPT-2 / nanoGPT.
+        pretrained: a local Hugging Face GPT-2 directory (or ``.safetensors`` file): its weights and sizes
+            are loaded (:meth:`GPT.from_pretrained`) and each MLP activation is replaced by ``activation``,
+            a learnable one fitted to the checkpoint's own (the paper's swap). The directory's tokenizer is
+            the default for ``generate``. Checkpoints written afterwards need no access to it.
+        freeze: parts not to train (``embeddings``, ``attention``, ``mlp``, ``norms``, ``activations``).
+        trainable: the only parts to train, e.g. ``activations``; the opposite of ``freeze``.
         **kwargs: the optimiser / schedule / parallelism options of :class:`~lit_ortho.tasks.OrthoModule`
             (``lr``, ``min_lr``, ``weight_decay``, ``betas``, ``warmup_steps``, ...). Its defaults are the
             nanoGPT / paper recipe: AdamW(6e-4, betas 0.9/0.95, weight decay 0.1), cosine to lr/10.
@@ -37,7 +48,7 @@ class GPT2Module(OrthoModule):
     def __init__(
         self,
         size: str = "tiny",
-        activation: Union[str, dict[str, Any]] = "gelu",
+        activation: Union[str, dict[str, Any], None] = None,
         vocab_size: Optional[int] = None,
         block_size: Optional[int] = None,
         n_layer: Optional[int] = None,
@@ -45,6 +56,9 @@ class GPT2Module(OrthoModule):
         n_embd: Optional[int] = None,
         dropout: float = 0.0,
         bias: bool = True,
+        pretrained: Optional[str] = None,
+        freeze: Union[str, list[str], None] = None,
+        trainable: Union[str, list[str], None] = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -52,7 +66,7 @@ class GPT2Module(OrthoModule):
         self.tokenizer_name: Optional[str] = None  # for generate(); from the datamodule or the checkpoint
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
-        if vocab_size is not None:
+        if pretrained is not None or vocab_size is not None:
             self._build()
         else:  # validate the rest of the config now, not at setup
             self._config(vocab_size=257)
@@ -64,7 +78,7 @@ class GPT2Module(OrthoModule):
         return GPTConfig.from_name(
             hp.size,
             **shape,
-            activation=hp.activation,
+            activation="gelu" if hp.activation is None else hp.activation,
             dropout=hp.dropout,
             bias=hp.bias,
             gradient_checkpointing=hp.activation_checkpointing,
@@ -72,7 +86,26 @@ class GPT2Module(OrthoModule):
         )
 
     def _build(self) -> None:
-        self.model = GPT(self._config())
+        hp = self.hparams
+        if hp.pretrained is None:
+            self.model = GPT(self._config())
+        else:
+            given = {k: hp[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") if hp[k] is not None}
+            self.model = GPT.from_pretrained(hp.pretrained, activation=hp.activation, dropout=hp.dropout,
+                                             gradient_checkpointing=hp.activation_checkpointing)  # fmt: skip
+            found = {k: getattr(self.model.config, k) for k in given}
+            if found != given:
+                raise UsageError(f"pretrained={hp.pretrained!r} has {found}, but the module was given {given}: leave them unset")
+            self._adopt_pretrained_tokenizer(hp.pretrained)
+        set_trainable_parts(self.model, hp.freeze, hp.trainable)
+
+    def _adopt_pretrained_tokenizer(self, path: str) -> None:
+        """The checkpoint directory's own tokenizer files are the default tokenizer (for ``generate``)."""
+        from lit_ortho.data.tokenizers import hf_tokenizer_dir
+
+        directory = hf_tokenizer_dir(path)
+        if directory is not None and self.tokenizer_name is None:
+            self.tokenizer_name = str(directory)
 
     @property
     def config(self) -> Optional[GPTConfig]:
@@ -106,6 +139,12 @@ class GPT2Module(OrthoModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer_name"] = self.tokenizer_name
+        if self.model is not None:  # the model as it is (replaced activations, pretrained sizes): no file needed
+            hp = checkpoint.setdefault("hyper_parameters", {})
+            config = self.model.config
+            hp.update(activation=self.model.activation_specs(), pretrained=None, vocab_size=config.vocab_size,
+                      block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                      bias=config.bias)  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokenizer_name = checkpoint.get("tokenizer_name", self.tokenizer_name)
@@ -218,6 +257,37 @@ class GPT2Module(OrthoModule):
             return out if torch.as_tensor(prompt).dim() > 1 else out[0]
         start = 1 if not prompt else 0  # drop the document-start token of an empty prompt
         return tok.decode(out[0, start:].tolist())
+
+    def save_hf(self, output_dir: str, overwrite: bool = False) -> Path:
+        """Write the model as a Hugging Face GPT-2 directory that ``transformers.GPT2LMHeadModel.from_pretrained``
+        loads with the same logits (and the tokenizer files, when it came from a Hugging Face directory).
+
+        Only activations transformers has can go there: GELU and its variants, ReLU, SiLU, tanh. A learnable
+        activation is refused: keep the lit-ortho checkpoint, or the weights plus the spec.
+        """
+        from lit_ortho.activations import hf_activation_name
+        from lit_ortho.data.tokenizers import hf_tokenizer_dir
+        from lit_ortho.models.hf import save_gpt2_checkpoint
+
+        if self.model is None:
+            raise UsageError("the model is not built yet: nothing to export")
+        specs = self.model.activation_specs()
+        names = {hf_activation_name(s) if isinstance(s, str) else None for s in (specs if isinstance(specs, list) else [specs])}
+        if len(names) != 1 or None in names:
+            raise UsageError(
+                f"cannot export to Hugging Face: the model's MLP activations are {specs!r}, and a GPT-2 in transformers has "
+                f"one built-in activation_function for all layers (gelu, gelu_new, gelu_pytorch_tanh, relu, silu, ...), no "
+                f"learnable one. Keep the lit-ortho checkpoint (GPT2Module.load_from_checkpoint), or save the weights "
+                f"(safetensors.torch.save_file(module.model.state_dict(), ...)) together with the spec {specs!r}"
+            )
+        if not self.model.config.bias:
+            raise UsageError("cannot export to Hugging Face: this GPT has no biases (bias=false); transformers' GPT-2 always has them")
+        config = {**vars(self.model.config), "activation_function": names.pop()}
+        tokenizer_dir = hf_tokenizer_dir(self.tokenizer_name) if self.tokenizer_name not in (None, "byte", "gpt2") else None
+        extra = {}
+        if tokenizer_dir is not None:
+            extra = {f: tokenizer_dir / f for f in _HF_TOKENIZER_FILES if (tokenizer_dir / f).is_file()}
+        return save_gpt2_checkpoint(self.model.state_dict(), config, output_dir, overwrite=overwrite, extra_files=extra)
 
     def num_parameters(self) -> int:
         return 0 if self.model is None else self.model.num_parameters(non_embedding=False)
