@@ -17,12 +17,15 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from torch import nn
+from timm.layers import Mlp
+from torch import Tensor, nn
 
 from lit_ortho.activations import LearnableActivation, activation_factory, build_activation, is_gelu, replace_activations
 from lit_ortho.errors import check_choice
+from lit_ortho.models.mlp import linear_activation_linear
 
-__all__ = ["create_convnext", "convnext_names", "check_convnext_name", "freeze_all_but_activations_and_head"]
+__all__ = ["create_convnext", "convnext_names", "check_convnext_name", "freeze_all_but_activations_and_head",
+           "RecomputeMlp", "recompute_mlp_activations"]
 
 
 def check_convnext_name(model_name: str) -> str:
@@ -65,17 +68,34 @@ def create_convnext(
     check_convnext_name(model_name)
     common = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
     if pretrained is None:
-        return timm.create_model(model_name, act_layer=activation_factory(activation), **common)
+        return recompute_mlp_activations(timm.create_model(model_name, act_layer=activation_factory(activation), **common))
 
     path = os.path.expanduser(str(pretrained))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file not found: {path!r} (nothing is downloaded; give a local file)")
     model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common)
     probe = build_activation(activation)
-    if is_gelu(probe):
-        return model  # the released activation: nothing to replace
-    init = activation_init if isinstance(probe, LearnableActivation) else None
-    replace_activations(model, activation, init=init)
+    if not is_gelu(probe):  # else the released activation: nothing to replace
+        init = activation_init if isinstance(probe, LearnableActivation) else None
+        replace_activations(model, activation, init=init)
+    return recompute_mlp_activations(model)
+
+
+class RecomputeMlp(Mlp):
+    """timm's ``Mlp`` whose backward recomputes the activation's output instead of keeping it
+    (:mod:`lit_ortho.models.mlp`); same parameters and names, bitwise the same result."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.drop1.p == 0 and isinstance(self.norm, nn.Identity):
+            return self.drop2(linear_activation_linear(x, self.fc1, self.act, self.fc2))
+        return super().forward(x)
+
+
+def recompute_mlp_activations(model: nn.Module) -> nn.Module:
+    """Make every timm ``Mlp`` of ``model`` a :class:`RecomputeMlp` (in place; returns the model)."""
+    for module in model.modules():
+        if type(module) is Mlp:
+            module.__class__ = RecomputeMlp
     return model
 
 

@@ -24,6 +24,7 @@ from lit_ortho.activations import replace_activations, spec_for_hf_activation, s
 from lit_ortho.activations.spec import build_activation, parse_activation_spec
 from lit_ortho.errors import UsageError, check_choice
 from lit_ortho.models.hf import load_gpt2_checkpoint
+from lit_ortho.models.mlp import linear_activation_linear
 
 __all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "GPT_SIZES", "GPT_PARTS", "layer_activation_specs",
            "set_trainable_parts"]
@@ -52,6 +53,8 @@ class GPTConfig:
         bias: biases in Linear layers and LayerNorms (GPT-2: True).
         dropout: dropout on embeddings, attention weights and residual branches.
         gradient_checkpointing: recompute each block in backward instead of storing its activations.
+        recompute_activation: the MLP keeps only its activation's input for backward and recomputes the
+            output (:mod:`lit_ortho.models.mlp`): a quarter less saved per block, bitwise the same result.
     """
 
     vocab_size: int = 50257
@@ -65,6 +68,7 @@ class GPTConfig:
     bias: bool = True
     dropout: float = 0.0
     gradient_checkpointing: bool = False
+    recompute_activation: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "padding_multiple"):
@@ -178,8 +182,10 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+        self.recompute_activation = config.recompute_activation
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(linear_activation_linear(x, self.c_fc, self.act, self.c_proj, self.recompute_activation))
 
 
 class Block(nn.Module):
