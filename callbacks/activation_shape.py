@@ -20,13 +20,14 @@ from typing_extensions import override
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from callbacks import plots, reporting
-from callbacks.monitor import _check_count
-from callbacks.probes import ModuleOrderProbe
-from callbacks.protocol import is_self_recording_activation
-from callbacks.selection import named_modules
-from callbacks.steps import batches_that_stepped, ends_optimizer_step, is_logging_step
+from . import plots, reporting
+from .monitor import _check_count
+from .probes import ModuleOrderProbe
+from .protocol import is_self_recording_activation
+from .selection import default_activation_types, is_activation, kind_summary, named_modules
+from .steps import batches_that_stepped, ends_optimizer_step, is_logging_step
 
 # The Gaussian-gain quadrature: trapezoid rule on a fine float64 grid over [-12, 12] (exact to ~1e-9, also
 # for functions with kinks, where Gauss-Hermite quadrature would not be).
@@ -110,7 +111,8 @@ class ActivationShapeMonitor(Callback):
     ``activation_shape_forward_gain/<layer>`` and ``activation_shape_backward_gain/<layer>``.
 
     Learnable activations are the modules implementing :class:`callbacks.protocol.SelfRecordingActivation`
-    (lit_ortho's do); they must be element-wise. Steps follow the variance monitors' convention
+    (lit_ortho's do); they must be element-wise. A model without any gets a warning (at the start of ``fit``)
+    and this monitor does nothing. Steps follow the variance monitors' convention
     (:mod:`callbacks.steps`): the curves are drawn after each optimizer step that Lightning would log with
     ``log_every_n_steps=every_n_steps``, at the number of steps taken (the picture at step N shows the
     parameters after N steps, those the values logged at step N were computed with).
@@ -155,12 +157,19 @@ class ActivationShapeMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        candidates = [(name, m) for name, m in named_modules(pl_module) if is_self_recording_activation(m)]
+        named = named_modules(pl_module)
+        candidates = [(name, m) for name, m in named if is_self_recording_activation(m)]
+        self._layers, self._last_step, self._order = [], None, None
         if not candidates:
-            raise ValueError(
+            fixed = [m for _, m in named if is_activation(m, default_activation_types())]
+            found = f"its activation modules are fixed functions ({kind_summary(fixed)})" if fixed else (
+                "it has no activation module at all (activations called as functions, such as F.relu)")
+            rank_zero_warn(
                 "ActivationShapeMonitor draws learnable activations (modules implementing "
-                "callbacks.protocol.SelfRecordingActivation, such as lit_ortho's) and the model has none"
+                "callbacks.protocol.SelfRecordingActivation, such as lit_ortho's) and the model has none: "
+                f"{found}. Nothing to draw: this monitor does nothing in this run."
             )
+            return
         for pattern in self.modules:
             if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in candidates):
                 raise ValueError(
@@ -171,8 +180,6 @@ class ActivationShapeMonitor(Callback):
             for name, m in candidates
             if not self.modules or any(fnmatch.fnmatchcase(name, p) for p in self.modules)
         ]
-        self._last_step = None
-        self._order: Optional[ModuleOrderProbe] = None
 
     @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,

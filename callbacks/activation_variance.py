@@ -9,12 +9,13 @@ import torch
 from typing_extensions import override
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from callbacks.monitor import Series, VarianceMonitor
-from callbacks.steps import batches_that_stepped, ends_optimizer_step
-from callbacks.probes import ActivationProbe
-from callbacks.selection import ModuleType, WatchedModule, select_modules, usable_layers
-from callbacks.statistics import LayerMoments, data_parallel_group
+from .monitor import Series, VarianceMonitor
+from .steps import batches_that_stepped, ends_optimizer_step
+from .probes import ActivationProbe
+from .selection import ModuleType, WatchedModule, choose_layers, usable_layers
+from .statistics import LayerMoments, data_parallel_group
 
 
 class ActivationVarianceMonitor(VarianceMonitor):
@@ -38,7 +39,9 @@ class ActivationVarianceMonitor(VarianceMonitor):
         module_types: extra module classes to watch: classes, ``torch.nn`` names (``"Linear"``), import paths
             or names of classes in the model.
         include_activations: watch every activation module (``nn.GELU``, ``nn.ReLU``, ..., timm's and those
-            implementing :class:`callbacks.protocol.SelfRecordingActivation`, such as lit_ortho's).
+            implementing :class:`callbacks.protocol.SelfRecordingActivation`, such as lit_ortho's). A model
+            with none (activations called as functions, as in ``nn.Transformer``) gets a warning and its
+            Linear/Conv layers are watched instead.
         log_mean, log_gain: also log the output mean / the gain var(out)/var(in).
         log_nonfinite: also log the fraction of non-finite output values (one more pass over each output).
         **kwargs: the options of :class:`~callbacks.monitor.VarianceMonitor`, by keyword: ``every_n_steps``
@@ -70,24 +73,22 @@ class ActivationVarianceMonitor(VarianceMonitor):
         self._probe: Optional[ActivationProbe] = None
         self._group = None
         self._collecting: Optional[int] = None  # the logging step whose micro-batches are being summed
+        self._checked_calls = False  # warned (once) about watched layers that never ran
 
     def _state_key_args(self) -> dict[str, Any]:
         return {"modules": self.modules, "module_types": [str(t) for t in self.module_types]}
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        layers = select_modules(pl_module, self.include_activations, self.module_types, self.modules)
-        if not layers:
-            raise ValueError(
-                "ActivationVarianceMonitor found no module to watch: the model has no activation module "
-                "(nn.GELU, nn.ReLU, ..., learnable activations such as lit_ortho's); choose some with `modules` "
-                "(name globs) or `module_types`."
-            )
+        layers = choose_layers(pl_module, type(self).__name__, self.include_activations, self.module_types, self.modules)
         self._layers = usable_layers(layers, type(self).__name__, compiled_ok=True)
+        self._collecting, self._checked_calls = None, False
+        if not self._layers:  # warned already: nothing to watch, nothing to do
+            self._probe = None
+            return
         moments = LayerMoments(len(self._layers), ActivationProbe.SLOTS, pl_module.device)
         self._probe = ActivationProbe(self._layers, moments, count_nonfinite=self.log_nonfinite)
         self._group = data_parallel_group(trainer.strategy)
-        self._collecting = None
 
     @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
@@ -117,6 +118,15 @@ class ActivationVarianceMonitor(VarianceMonitor):
         step, self._collecting = self._collecting, None
         self._probe.moments.all_reduce(self._group)  # every rank, same order: one collective
         readout = self._probe.moments.cpu()
+        if not self._checked_calls:
+            self._checked_calls = True
+            unseen = [layer.name for layer, n in zip(self._layers, readout.count("out").tolist()) if n == 0]
+            if unseen:
+                rank_zero_warn(
+                    f"{type(self).__name__}: {len(unseen)} of {len(self._layers)} watched layer(s) never ran their "
+                    f"forward in step {step} (their weights may be used by a parent, as in nn.MultiheadAttention's "
+                    f"out_proj) and are not logged: {unseen[:8]}{' ...' if len(unseen) > 8 else ''}"
+                )
         self.publish(trainer, step, self._series(readout), self._kinds(), self._forward_order())
 
     def _series(self, readout) -> list[Series]:

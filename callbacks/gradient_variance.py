@@ -11,20 +11,21 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from callbacks.monitor import Series, VarianceMonitor
-from callbacks.steps import batches_that_stepped, ends_optimizer_step
-from callbacks.probes import GradientProbe, ModuleOrderProbe
-from callbacks.selection import (
+from .monitor import Series, VarianceMonitor
+from .steps import batches_that_stepped, ends_optimizer_step
+from .probes import GradientProbe, ModuleOrderProbe
+from .selection import (
     ModuleType,
     WatchedModule,
+    choose_layers,
     module_class,
     named_modules,
-    select_modules,
     select_parameters,
     usable_layers,
 )
-from callbacks.statistics import (
+from .statistics import (
     LayerMoments,
     data_parallel_group,
     fsdp1_shard_group,
@@ -53,7 +54,8 @@ class GradientVarianceMonitor(VarianceMonitor):
         activation_gradients: also watch the gradient through activations (tensor hooks on logged steps;
             not available inside ``torch.compile``'d regions).
         modules, module_types, include_activations: which layers ``activation_gradients`` watches, as in
-            :class:`ActivationVarianceMonitor`.
+            :class:`ActivationVarianceMonitor` (a model without activation modules gets a warning and its
+            Linear/Conv layers are watched instead).
         **kwargs: the options of :class:`~callbacks.monitor.VarianceMonitor`, by keyword: ``every_n_steps``
             (log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``),
             ``image_every_n_steps`` and ``history_size`` (the depth pictures), ``low``, ``high``,
@@ -87,6 +89,7 @@ class GradientVarianceMonitor(VarianceMonitor):
         self._probe: Optional[GradientProbe] = None
         self._group = None
         self._collecting: Optional[int] = None
+        self._checked_calls = False  # warned (once) about watched layers no gradient reached
 
     def _state_key_args(self) -> dict[str, Any]:
         return {"parameters": self.parameters, "activation_gradients": self.activation_gradients}
@@ -107,13 +110,15 @@ class GradientVarianceMonitor(VarianceMonitor):
         self._owner_order = ModuleOrderProbe(list(owners.values()))
         self._param_order: Optional[list[str]] = None
         self._fsdp1_group = fsdp1_shard_group(trainer.strategy.model or pl_module)
-        self._probe, self._collecting = None, None
+        self._probe, self._collecting, self._checked_calls = None, None, False
         if self.activation_gradients:
-            layers = select_modules(pl_module, self.include_activations, self.module_types, self.modules)
+            layers = choose_layers(pl_module, type(self).__name__, self.include_activations, self.module_types,
+                                   self.modules)
             self._layers = usable_layers(layers, type(self).__name__, compiled_ok=False)
-            moments = LayerMoments(len(self._layers), GradientProbe.SLOTS, pl_module.device)
-            self._probe = GradientProbe(self._layers, moments)
-            self._group = data_parallel_group(trainer.strategy)
+            if self._layers:  # none: warned already, only parameter gradients are logged
+                moments = LayerMoments(len(self._layers), GradientProbe.SLOTS, pl_module.device)
+                self._probe = GradientProbe(self._layers, moments)
+                self._group = data_parallel_group(trainer.strategy)
 
     # ---- parameter gradients -------------------------------------------------------------------------------
     @override
@@ -206,6 +211,16 @@ class GradientVarianceMonitor(VarianceMonitor):
         ranks = group_size(self._group)
         var_in = readout.variance("grad_in") / ranks**2
         seen = (readout.count("grad_in") > 0).tolist()
+        if not self._checked_calls:
+            self._checked_calls = True
+            unseen = [layer.name for layer, ok in zip(self._layers, seen) if not ok]
+            if unseen:
+                rank_zero_warn(
+                    f"{type(self).__name__}: no gradient reached the input of {len(unseen)} of {len(self._layers)} "
+                    "watched layer(s) (their input needs no gradient, as the first layer's, fed by data, or they "
+                    f"never ran); activation_grad_* is not logged for them: {unseen[:8]}"
+                    f"{' ...' if len(unseen) > 8 else ''}"
+                )
 
         def per_layer(values: torch.Tensor) -> dict[str, float]:
             return {layer.name: v for layer, v, ok in zip(self._layers, values.tolist(), seen) if ok}

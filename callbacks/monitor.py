@@ -12,9 +12,9 @@ from typing_extensions import override
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from callbacks import plots, reporting
-from callbacks.alerts import VarianceAlert
-from callbacks.steps import batches_that_stepped, is_logging_step
+from . import plots, reporting
+from .alerts import VarianceAlert
+from .steps import batches_that_stepped, is_logging_step
 
 __all__ = ["Series", "VarianceMonitor", "batches_that_stepped"]
 
@@ -74,6 +74,7 @@ class VarianceMonitor(Callback):
         self._image_every = 0
         self._history: dict[str, dict[str, Any]] = {}
         self._layout_written = False
+        self._layer_kinds: dict[str, str] = {}  # layer name -> kind, for the pictures' markers and legend
         self._images = reporting.BackgroundImages()
 
     @property
@@ -117,6 +118,7 @@ class VarianceMonitor(Callback):
         reporting.log_scalars(
             trainer, {f"{s.name}/{layer}": value for s in series for layer, value in s.values.items()}, step
         )
+        self._layer_kinds.update(kinds)
         if not self._layout_written:
             self._write_layout(trainer, series, kinds)
         for s in series:
@@ -157,7 +159,8 @@ class VarianceMonitor(Callback):
         for column, values in enumerate(history["values"]):
             matrix[: len(values), column] = values
         steps = list(history["steps"])
-        render = partial(plots.depth_figure, name, list(layers), matrix[:, -1], steps, matrix, step, axis_label)
+        kinds = [self._layer_kinds.get(layer, "") for layer in layers]
+        render = partial(plots.depth_figure, name, list(layers), matrix[:, -1], steps, matrix, step, axis_label, kinds)
         self._images.submit(trainer, f"{name}/by_depth", render, step)
 
     @override

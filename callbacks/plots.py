@@ -52,49 +52,163 @@ def short_names(names: Sequence[str]) -> tuple[list[str], str]:
     return short, pattern
 
 
-def depth_figure(
+ELLIPSIS = "\u2026"
+
+
+def elide(name: str, max_chars: int = 40) -> str:
+    """``name`` if short enough, else shortened in the middle: whole dotted parts are dropped (an ellipsis
+    marks each gap), the longest first, never the first part, the last two (the layer and its parameter) or a
+    number (a block index); if that is not enough, characters are cut from the middle.
+    ``model.encoder.layer.0.attention.output.LayerNorm.weight`` -> ``model\u2026layer.0\u2026output.LayerNorm.weight``."""
+    if len(name) <= max_chars:
+        return name
+    parts = name.split(".")
+    keep = [True] * len(parts)
+
+    def render() -> str:
+        out = ""
+        for i, (part, kept) in enumerate(zip(parts, keep)):
+            if kept:
+                out += ("" if not out else "." if keep[i - 1] else "") + part
+            elif i == 0 or keep[i - 1]:
+                out += ELLIPSIS
+        return out
+
+    middle = (len(parts) - 1) / 2
+    removable = sorted(
+        (i for i in range(1, len(parts) - 2) if not parts[i].isdigit()),
+        key=lambda i: (-len(parts[i]), abs(i - middle)),
+    )
+    text = name
+    for i in removable:
+        keep[i] = False
+        text = render()
+        if len(text) <= max_chars:
+            return text
+    cut = max_chars - 1
+    return text[: cut // 2] + ELLIPSIS + text[len(text) - (cut - cut // 2) :]
+
+
+def layer_labels(names: Sequence[str], max_chars: int = 40) -> tuple[list[str], str]:
+    """Readable, distinct labels for layer names: the dotted prefix every name shares is dropped (and
+    returned, ``""`` if none; the last part of a name is always kept), then long names are elided in the
+    middle (:func:`elide`), except those that would then look alike. ``model.encoder.layer.0.output.dense``, ``model.pooler.dense`` ->
+    (``["encoder.layer.0.output.dense", "pooler.dense"]``, ``"model"``)."""
+    parts = [name.split(".") for name in names]
+    head = 0
+    if len(parts) > 1:
+        shortest = min(len(p) for p in parts)
+        while head < shortest - 1 and len({p[head] for p in parts}) == 1:
+            head += 1
+    prefix = ".".join(parts[0][:head]) if parts and head else ""
+    stripped = [".".join(p[head:]) for p in parts]
+    labels = [elide(name, max_chars) for name in stripped]
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    labels = [label if counts[label] == 1 else name for label, name in zip(labels, stripped)]  # alike: unelided
+    return labels, prefix
+
+
+_KIND_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                "tab:olive", "tab:cyan", "tab:gray")  # fmt: skip
+_KIND_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+
+
+def kind_styles(kinds: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{kind: (colour, marker)}``, distinct for the first 100 kinds, in order of first appearance."""
+    styles: dict[str, tuple[str, str]] = {}
+    for kind in kinds:
+        if kind not in styles:
+            i = len(styles)
+            styles[kind] = (_KIND_COLORS[i % 10], _KIND_MARKERS[(i + i // 10) % 10])
+    return styles
+
+
+MAX_LABELLED_LAYERS = 96  # beyond this, every k-th layer is labelled
+
+
+def build_depth_figure(
     title: str, layer_names: Sequence[str], current: np.ndarray, steps: Sequence[int], history: np.ndarray, step: int,
-    axis_label: str = "layer (forward order)",
-) -> np.ndarray:  # fmt: skip
-    """Left: the variance of every layer against its depth at ``step``. Right: a layer x step heat map of
-    log10(variance) over the run (``history`` is ``[layers, len(steps)]``; non-finite cells stay blank)."""
-    fig = _figure(12, 4.5)
-    depth_ax, heat_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
-    depth = np.arange(len(layer_names))
+    axis_label: str = "layer (forward order)", kinds: Sequence[str] | None = None,
+):  # fmt: skip
+    """The :func:`depth_figure` as a matplotlib ``Figure`` (for tests and callers who save it themselves)."""
+    layer_names = list(layer_names)
+    n = len(layer_names)
+    kinds = list(kinds) if kinds is not None else [""] * n
+    styles = kind_styles(kinds)
+    labels, prefix = layer_labels(layer_names)
+    current = np.asarray(current, dtype=np.float64)
+    history = np.asarray(history, dtype=np.float64).reshape(n, len(steps))
+
+    every = max(1, -(-n // MAX_LABELLED_LAYERS))
+    height = float(np.clip(1.8 + 0.16 * min(n, MAX_LABELLED_LAYERS), 4.5, 18.0))
+    fig = _figure(15, height)
+    fig.set_layout_engine("constrained")
+    depth_ax, heat_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.3]})
+    depth = np.arange(n)
+
     finite = np.isfinite(current) & (current > 0)
-    depth_ax.plot(depth[finite], current[finite], "o-", color="tab:blue")
+    if finite.sum() > 1:
+        depth_ax.plot(current[finite], depth[finite], "-", color="0.75", lw=1, zorder=1)
+    for kind, (color, marker) in styles.items():
+        chosen = finite & np.array([k == kind for k in kinds], dtype=bool)
+        if chosen.any() or len(styles) > 1:
+            depth_ax.scatter(current[chosen], depth[chosen], color=color, marker=marker, s=28, zorder=2,
+                             label=kind or None)  # fmt: skip
     bad = ~np.isfinite(current)
     if bad.any():
-        depth_ax.plot(depth[bad], np.full(bad.sum(), np.nanmax(current[finite]) if finite.any() else 1.0), "x",
-                      color="tab:red", label="non-finite")  # fmt: skip
-        depth_ax.legend(loc="best")
+        edge = np.nanmax(current[finite]) if finite.any() else 1.0
+        depth_ax.scatter(np.full(bad.sum(), edge), depth[bad], color="red", marker="x", s=40, zorder=3,
+                         label="non-finite")  # fmt: skip
     if finite.any():
-        depth_ax.set_yscale("log")
-    depth_ax.set_xlabel(axis_label)
-    depth_ax.set_ylabel("variance")
+        depth_ax.set_xscale("log")
+    depth_ax.set_ylim(n - 0.5, -0.5)  # forward order top to bottom, the rows of the heat map
+    depth_ax.set_xlabel("variance (log scale)")
+    depth_ax.set_ylabel(axis_label)
     depth_ax.set_title(f"{title} at step {step}")
     depth_ax.grid(True, which="both", alpha=0.3)
+    if any(kinds) or bad.any():
+        depth_ax.legend(title="kind", fontsize=7, title_fontsize=7, loc="best", ncols=1 if len(styles) <= 8 else 2)
 
-    image = heat_ax.imshow(_log10(history), aspect="auto", origin="upper", interpolation="nearest", cmap="viridis")
-    fig.colorbar(image, ax=heat_ax, label="log10 variance")
+    cmap = _colormap("viridis")
+    image = heat_ax.imshow(_log10(history), aspect="auto", origin="upper", interpolation="nearest", cmap=cmap)
+    colorbar = fig.colorbar(image, ax=heat_ax, pad=0.01)
+    colorbar.set_label("log10(variance)   (blank: not logged / non-finite)")
     heat_ax.set_xlabel("step")
-    heat_ax.set_ylabel(axis_label)
-    heat_ax.set_title(f"{title}: {axis_label.split(' ')[0]} x step")
+    heat_ax.set_title(f"{title}: log10(variance), {axis_label.split(' ')[0]} x step")
     ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int))
     heat_ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
-    labels, pattern = short_names(layer_names)
-    if pattern != "*":
-        fig.suptitle(f"layers: {pattern}", fontsize=9, y=0.995)
-    long_labels = len(layer_names) <= 24 and max(map(len, labels), default=0) > 6
-    if len(layer_names) <= 24:
-        depth_ax.set_xticks(depth, labels, rotation=60 if long_labels else 0, ha="right" if long_labels else "center",
-                            fontsize=7)  # fmt: skip
-        heat_ax.set_yticks(depth, labels, fontsize=7)
-    if long_labels:
-        fig.tight_layout()  # makes room for long names; costs about as much as drawing
-    else:
-        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.88, wspace=0.22)
-    return _to_rgb(fig)
+
+    fontsize = 8 if n <= 24 else 7 if n <= 48 else 6 if n <= 72 else 5
+    shown = depth[::every]
+    depth_ax.set_yticks(shown, [labels[i] for i in shown], fontsize=fontsize)
+    heat_ax.tick_params(axis="y", which="both", labelleft=False, labelright=True, left=False, right=True,
+                        labelsize=fontsize)
+    for ax in (depth_ax, heat_ax):
+        for tick, i in zip(ax.get_yticklabels(), shown):
+            tick.set_color(styles[kinds[i]][0] if any(kinds) else "black")
+    if prefix:
+        fig.suptitle(f"layer names without their common prefix '{prefix}.'", fontsize=9)
+    return fig
+
+
+def depth_figure(
+    title: str, layer_names: Sequence[str], current: np.ndarray, steps: Sequence[int], history: np.ndarray, step: int,
+    axis_label: str = "layer (forward order)", kinds: Sequence[str] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Left: the variance of every layer (log scale) against its depth at ``step``, one marker and colour per
+    kind of layer (``kinds``, e.g. class names) with a legend. Right: a layer x step heat map of
+    log10(variance) over the run (``history`` is ``[layers, len(steps)]``; non-finite cells stay blank) with
+    its colour bar. Both share the depth axis, labelled with the layer names (the prefix they all share
+    dropped, long ones elided in the middle, coloured by kind)."""
+    return _to_rgb(build_depth_figure(title, layer_names, current, steps, history, step, axis_label, kinds))
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="white")
 
 
 def curves_figure(
@@ -112,13 +226,16 @@ def curves_figure(
     cdf = 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
     gelu, gelu_deriv = x * cdf, cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     colors = colormaps["viridis"](np.linspace(0.0, 1.0, max(len(layer_names), 1)))
+    labels, prefix = layer_labels(layer_names)
+    if prefix:
+        fig.suptitle(f"layer names without their common prefix '{prefix}.'", fontsize=9)
     for ax, ys, bands, ref, label in (
         (value_ax, values, value_bands, gelu, "F(x)"),
         (deriv_ax, derivatives, derivative_bands, gelu_deriv, "F'(x)"),
     ):
         ax.plot(x, ref, "--", color="gray", lw=1, label="GELU")
-        for i, name in enumerate(layer_names):
-            ax.plot(x, ys[i], color=colors[i], lw=1.4, label=name if len(layer_names) <= 12 else None)
+        for i in range(len(layer_names)):
+            ax.plot(x, ys[i], color=colors[i], lw=1.4, label=labels[i] if len(layer_names) <= 12 else None)
             if bands is not None:
                 ax.fill_between(x, bands[i, 0], bands[i, 1], color=colors[i], alpha=0.15, lw=0)
         ax.set_xlabel("x")

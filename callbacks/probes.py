@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from callbacks.protocol import read_statistics
-from callbacks.selection import WatchedModule
-from callbacks.statistics import LayerMoments
+from .protocol import read_statistics
+from .selection import WatchedModule
+from .statistics import LayerMoments
 
 
 def _first_tensor(value: Any) -> tuple[Optional[int], Optional[Tensor]]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from callbacks.protocol import is_self_recording_activation
+from .protocol import is_self_recording_activation
 
 # Element-wise activation modules watched by default (nn.Softmax & co. are normalisations, not activations).
 DEFAULT_ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -173,13 +173,101 @@ def select_modules(
         matches = {name for name, _ in candidates if fnmatch.fnmatchcase(name, pattern)}
         if not matches:
             raise ValueError(
-                f"Module glob {pattern!r} matches no module; modules are named like: {_sample(candidates)}"
+                f"Module glob {pattern!r} matches no module; the model's {len(candidates)} modules are named: "
+                f"{_sample(candidates, limit=40)}"
             )
         chosen |= matches
     compiled = compiled_modules(root)
     return [
         WatchedModule(name, m, module_class(m).__name__, id(m) in compiled) for name, m in candidates if name in chosen
     ]
+
+
+# Layers with weights, watched (their outputs) when a model has no activation module at all: activations called
+# as functions (F.relu, torch.tanh, nn.Transformer's default activation) have no module a hook could see.
+FALLBACK_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)  # fmt: skip
+# Weight layers of model libraries that are no torch.nn subclass (GPT-2's Conv1D); used only when already imported.
+LIBRARY_FALLBACK_CLASSES = (("transformers.pytorch_utils", "Conv1D"),)
+
+
+def fallback_layer_types() -> tuple[type[nn.Module], ...]:
+    types = list(FALLBACK_LAYER_TYPES)
+    for module_name, attr in LIBRARY_FALLBACK_CLASSES:
+        cls = getattr(sys.modules.get(module_name), attr, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            types.append(cls)
+    return tuple(types)
+
+
+def kind_summary(modules: Iterable[nn.Module], limit: int = 8) -> str:
+    """``"Linear x13, LayerNorm x10, Dropout x9, ..."``: module classes by count, most frequent first."""
+    counts: dict[str, int] = {}
+    for module in modules:
+        name = module_class(module).__name__
+        counts[name] = counts.get(name, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    text = ", ".join(f"{name} x{count}" for name, count in ranked[:limit])
+    return text + (f", ... ({len(ranked) - limit} more kinds)" if len(ranked) > limit else "") if ranked else "none"
+
+
+def choose_layers(
+    root: nn.Module,
+    monitor: str,
+    include_activations: bool = True,
+    module_types: Sequence[ModuleType] = (),
+    modules: Sequence[str] = (),
+) -> list[WatchedModule]:
+    """:func:`select_modules`, made to work on any model: a glob of ``modules`` that matches nothing and an
+    unknown type name are still errors (naming what the model has), but a model that merely lacks a kind of
+    layer is not. ``module_types`` present nowhere in the model get a warning; when nothing at all is
+    selected (no activation module: the activations are functions, as in ``nn.Transformer``), the monitor warns
+    once and watches the outputs of the model's Linear/Conv layers instead (nothing, if it has none either)."""
+    layers = select_modules(root, include_activations, module_types, modules)
+    candidates = named_modules(root)
+    notes = []
+    if module_types:
+        absent = [
+            t.__name__ for t in resolve_module_types(module_types, root) if not any(isinstance(m, t) for _, m in candidates)
+        ]  # fmt: skip
+        if absent:
+            notes.append(f"no module of the model is of module_types {absent}")
+    if layers:
+        if notes:
+            rank_zero_warn(f"{monitor}: {'; '.join(notes)}; watching {len(layers)} other layer(s): {_sample_layers(layers)}")
+        return layers
+    wanted = " or ".join(
+        (["activation module (nn.ReLU, nn.GELU, ..., timm's/transformers', or a learnable one implementing "
+          "callbacks.protocol.SelfRecordingActivation)"] if include_activations else [])
+        + ([f"module of module_types {[str(t) for t in module_types]}"] if module_types else [])
+    ) or "layer chosen to be watched (include_activations=False and no module_types/modules)"  # fmt: skip
+    fallback_types = fallback_layer_types()
+    compiled = compiled_modules(root)
+    fallback = [
+        WatchedModule(name, m, module_class(m).__name__, id(m) in compiled)
+        for name, m in candidates
+        if isinstance(m, fallback_types)
+    ]
+    found = f"found {len(candidates)} module(s): {kind_summary(m for _, m in candidates)}"
+    if fallback:
+        what = (
+            f"watching the outputs of its {len(fallback)} Linear/Conv layer(s) instead "
+            f"({kind_summary(layer.module for layer in fallback)}): {_sample_layers(fallback)}"
+        )
+    else:
+        what = "it has no Linear/Conv layer either, so this monitor watches nothing"
+    rank_zero_warn(
+        f"{monitor}: the model has no {wanted} - activations called as functions (F.relu, torch.tanh, "
+        f"nn.Transformer's default) have no module to hook; {found}. {what[0].upper()}{what[1:]}. "
+        "Choose layers with `modules` (name globs) or `module_types`."
+    )
+    return fallback
+
+
+def _sample_layers(layers: Sequence[WatchedModule], limit: int = 8) -> str:
+    return _sample([(layer.name, None) for layer in layers], limit)
 
 
 def usable_layers(layers: Sequence[WatchedModule], monitor: str, compiled_ok: bool) -> list[WatchedModule]:

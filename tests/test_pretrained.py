@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from torch import nn
+
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from lit_ortho.activations import LearnableActivation
+from lit_ortho.checkpointing import VerifiedLoading
 from lit_ortho.distributed import sharding
 from lit_ortho.errors import check_choice
 
@@ -86,8 +87,9 @@ class WarmupCosine:
         return self.min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_ratio)
 
 
-class OrthoModule(L.LightningModule):
+class OrthoModule(VerifiedLoading, L.LightningModule):
     """Base LightningModule: subclasses build ``self.model`` and say which blocks to shard.
+    ``load_from_checkpoint`` verifies the file's checksum first (:class:`~lit_ortho.checkpointing.VerifiedLoading`).
 
     The options below are declared here only. A subclass takes its own arguments and passes the rest on with
     ``super().__init__(**kwargs)``: LightningCLI (jsonargparse) follows ``**kwargs`` into this signature, so
