@@ -4,11 +4,31 @@
     python benchmarks/activations.py --numel 1000000 --no-torchortho
     python benchmarks/activations.py --compile --shape 12288x3072      # CPU, torch.compile'd, vs compiled GELU
     python benchmarks/activations.py --compile --shape 12288x3072 --per-channel   # [C, K] coefficients
-    python benchmarks/activations.py --device cuda         # GPU: GPT-2-small MLP shape, bf16
+    python benchmarks/activations.py --layouts             # CPU, eager: every layout below, one table
+    python benchmarks/activations.py --layouts --compile   # the same, torch.compile'd (--modes eager,compile: both)
+    python benchmarks/activations.py --layouts --dry-run   # tiny shapes, one step: checks that it runs, times nothing
+    python benchmarks/activations.py --device cuda         # GPU: GPT-2-small's MLP shape, bf16
+
+Allocator (CPU numbers). With glibc's default malloc every tensor above its mmap threshold (dynamic,
+at most 32 MiB) is a fresh ``mmap`` on every call and is page-faulted in again, so each large forward
+and backward pays for page faults that a training loop (which reuses its buffers) does not. By default
+this script therefore re-executes itself, before importing torch, with
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 MALLOC_TOP_PAD_=1073741824``
+(freed blocks stay in the heap and are reused); it keeps a jemalloc/tcmalloc/mimalloc that ``LD_PRELOAD``
+already names, and ``--default-malloc`` runs with glibc's defaults. The output's first line says which
+allocator ran, with the page faults of one reused 64 MiB allocation as evidence.
 
 CPU (default): time ratio and saved-for-backward-bytes ratio to nn.GELU, for ours (backend "auto",
 which is eager on CPU) and torchortho; GELU and the measured module take turns step by step. ``--compile``: ours and GELU both ``torch.compile``'d
 (inductor); torchortho is left out.
+
+``--layouts``: one markdown table over the layouts (12288, 3072); (256, 160, 16, 16) NCHW; (6300000,)
+flat; (128, 56, 56, 96) NHWC; (4096, 1536), each with shared coefficients and with per-channel
+coefficients on dim 1 and on dim -1 (one row when those are the same dim; none for the flat layout),
+giving the elements of each row and each family's time ratio to GELU in the same mode (eager, or
+compiled with ``--compile``; ``--modes eager,compile`` puts both in one table). ``--scale S`` multiplies
+the first dimension of every layout (``--scale 0.001``: a quick run); ``--dry-run`` takes tiny shapes,
+one step and no warm-up, and prints no timing claims.
 
 CUDA (``--device cuda``; default shape 12x1024 tokens x 3072 = GPT-2-small's MLP, bf16): for each
 family the fwd+bwd time (CUDA events, median) and the peak memory of one fwd+bwd above the input
@@ -20,14 +40,95 @@ torchortho is a benchmark-only comparator (pip install torchortho==0.1.2); skipp
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import os
+import sys
 
-import torch
-from torch import nn
+# ---- the allocator: decided before torch is imported (glibc reads MALLOC_* once, at start-up) ------------
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": "1073741824",  # 1 GiB: blocks below it come from the heap, not a fresh mmap
+    "MALLOC_TRIM_THRESHOLD_": "10737418240",  # 10 GiB: never give freed heap memory back to the kernel
+    "MALLOC_TOP_PAD_": "1073741824",  # grow the heap 1 GiB at a time
+}
+PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+_REEXEC_MARK = "LIT_ORTHO_BENCH_MALLOC"
 
-import lit_ortho
+
+def preloaded_allocator(environ=os.environ) -> str | None:
+    """The jemalloc/tcmalloc/mimalloc library that ``LD_PRELOAD`` names, if any."""
+    for lib in environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        if any(name in os.path.basename(lib) for name in PRELOADED_ALLOCATORS):
+            return lib
+    return None
+
+
+def choose_allocator(argv: list[str], environ=os.environ) -> tuple[str, dict | None]:
+    """(description of the allocator this process runs with, environment to re-exec with or None)."""
+    lib = preloaded_allocator(environ)
+    if lib:
+        return f"{os.path.basename(lib)} (LD_PRELOAD={lib})", None
+    tuned = {k: environ.get(k) for k in MALLOC_TUNING}
+    if "--default-malloc" in argv:
+        if any(v is not None for v in tuned.values()):  # inherited settings: drop them, or "default" is untrue
+            return "", {k: v for k, v in environ.items() if k not in MALLOC_TUNING}
+        return ("glibc malloc, default settings (--default-malloc): tensors above the mmap threshold "
+                "(<= 32 MiB) are fresh mmaps, page-faulted on every call"), None
+    if tuned == MALLOC_TUNING:
+        return "glibc malloc, " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items()), None
+    if any(v is not None for v in tuned.values()) or environ.get(_REEXEC_MARK):
+        own = " ".join(f"{k}={v}" for k, v in tuned.items() if v is not None)
+        return f"glibc malloc, as the environment sets it: {own or 'defaults'}", None
+    return "", {**environ, **MALLOC_TUNING, _REEXEC_MARK: "1"}
+
+
+def _reexec_with_allocator() -> str:
+    description, env = choose_allocator(sys.argv)
+    if env is not None:
+        argv = [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]
+        sys.stdout.flush()
+        os.execve(sys.executable, argv, env)
+    return description
+
+
+ALLOCATOR = _reexec_with_allocator() if __name__ == "__main__" else "(imported: the caller's allocator)"
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import lit_ortho  # noqa: E402
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (-1 where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return -1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def page_faults_of_reuse(mib: int = 64) -> int:
+    """Minor page faults of one out-of-place op on a ``mib`` MiB tensor (its result allocated, then
+    freed), after doing it twice: about ``mib * 256`` when every allocation is a fresh mmap, near 0
+    when the allocator reuses freed memory."""
+    x = torch.ones(mib * 2**18, dtype=torch.float32)
+    for _ in range(2):
+        y = x * 2.0
+        del y
+    before = minor_faults()
+    y = x * 2.0
+    del y
+    return minor_faults() - before if before >= 0 else -1
+
+
+def allocator_line() -> str:
+    faults = page_faults_of_reuse()
+    evidence = f"; one reused 64 MiB result: {faults} page faults (a fresh mmap: ~16384)" if faults >= 0 else ""
+    return f"allocator: {ALLOCATOR}{evidence}"
+
 
 CASES = [("hermite", 3), ("hermite", 8), ("fourier", 4), ("fourier", 5), ("tropical", 3), ("tropical", 5), ("tropical_rational", 6)]
 
@@ -51,14 +152,21 @@ def step_times(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: 
     The modules take turns, one step each per round, so drift on a shared machine hits all alike."""
     grad = torch.ones_like(x)
     times: list[list[float]] = [[] for _ in modules]
+    faults = 0
     for i in range(repeats + warmup):
         for module, timings in zip(modules, times):
             x.grad = None
+            before = minor_faults()
             start = time.perf_counter()
             module(x).backward(grad)
             if i >= warmup:
                 timings.append(time.perf_counter() - start)
+                faults += minor_faults() - before
+    LAST_FAULTS_PER_STEP[0] = faults / max(1, repeats * len(modules))
     return [statistics.median(t) for t in times]
+
+
+LAST_FAULTS_PER_STEP = [0.0]  # minor page faults per timed step of the last step_times call
 
 
 def cuda_step_time(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int = 3) -> float:
@@ -131,15 +239,18 @@ def cpu_table(args, shape) -> None:
     numel = x.numel()
     use_reference = have_torchortho(not args.no_torchortho and not args.compile and not args.per_channel)
     wrap = (lambda m: torch.compile(m, fullgraph=True)) if args.compile else (lambda m: m)  # noqa: E731
-    warmup = 2 if args.compile else 1
+    warmup = 0 if args.dry_run else 2 if args.compile else 1
 
     gelu = wrap(nn.GELU())
     gelu_time, = step_times([gelu], x, args.repeats, warmup)
+    gelu_faults = LAST_FAULTS_PER_STEP[0]
     gelu_bytes = saved_bytes(gelu, x)
     mode = "torch.compile'd (inductor)" if args.compile else "eager"
     mode += ", per-channel coefficients" if args.per_channel else ""
     print(f"CPU {args.dtype or 'float32'}, {args.threads} threads, {numel:,} elements {tuple(shape)}, forward+backward, "
-          f"{mode}; nn.GELU: {gelu_time * 1e3:.1f} ms, {gelu_bytes / 2**20:.1f} MiB saved")
+          f"{mode}; nn.GELU: {gelu_time * 1e3:.1f} ms, {gelu_bytes / 2**20:.1f} MiB saved, "
+          f"{gelu_faults:.0f} page faults per step"
+          + (" -- DRY RUN: one step, the times are not measurements" if args.dry_run else ""))
     header = f"{'family':<18} {'degree':>6} {'ours time':>10} {'ours mem':>9}"
     if use_reference:
         header += f" {'torchortho time':>16} {'torchortho mem':>15}"
@@ -151,7 +262,7 @@ def cpu_table(args, shape) -> None:
         row = f"{family:<18} {degree:>6} {ours_time / gelu_time:>9.2f}x {saved_bytes(ours, x) / gelu_bytes:>8.2f}x"
         if use_reference:
             ref = torchortho_module(family, degree)
-            gelu_time, ref_time = step_times([gelu, ref], x, max(1, args.repeats // 3))
+            gelu_time, ref_time = step_times([gelu, ref], x, max(1, args.repeats // 3), warmup=0 if args.dry_run else 1)
             row += f" {ref_time / gelu_time:>15.1f}x {saved_bytes(ref, x) / gelu_bytes:>14.1f}x"
         print(row, flush=True)
 
@@ -200,6 +311,100 @@ def cuda_table(args, shape) -> None:
         print(row, flush=True)
 
 
+# ---- --layouts: every layout, shared and per-channel coefficients, one table --------------------------
+LAYOUTS = [  # (name, shape)
+    ("GPT-2 MLP", (12288, 3072)),
+    ("NCHW", (256, 160, 16, 16)),
+    ("flat", (6_300_000,)),
+    ("NHWC", (128, 56, 56, 96)),
+    ("rows", (4096, 1536)),
+]
+LAYOUT_FAMILIES = [("hermite", 3), ("fourier", 5), ("tropical", 5), ("tropical_rational", 6)]
+DRY_RUN_SCALE = 1 / 4096
+
+
+def scaled(shape: tuple[int, ...], scale: float) -> tuple[int, ...]:
+    """``shape`` with its first dimension multiplied by ``scale`` (at least 1)."""
+    return (max(1, round(shape[0] * scale)),) + tuple(shape[1:])
+
+
+def layout_rows(scale: float) -> list[tuple[str, tuple[int, ...], int | None]]:
+    """(layout name, shape, channel dim or None for shared coefficients) for every row of the table:
+    shared, then per-channel on dim 1 and on dim -1 (one row when they coincide; none for 1-D)."""
+    rows = []
+    for name, shape in LAYOUTS:
+        shape = scaled(shape, scale)
+        rows.append((name, shape, None))
+        if len(shape) >= 2:
+            dims = [1] if len(shape) == 2 else [1, -1]
+            rows.extend((name, shape, d) for d in dims)
+    return rows
+
+
+def layout_spec(family: str, degree: int, shape, channel_dim: int | None) -> dict:
+    if channel_dim is None:
+        return {"name": family, "degree": degree}
+    return {"name": family, "degree": degree, "per_channel": shape[channel_dim], "channel_dim": channel_dim}
+
+
+def coefficients_label(shape, channel_dim: int | None) -> str:
+    if channel_dim is None:
+        return "shared"
+    dim = channel_dim if channel_dim >= 0 else f"{channel_dim} (= {len(shape) - 1})" if len(shape) > 2 else channel_dim
+    return f"per-channel, dim {dim}, C={shape[channel_dim]}"
+
+
+def layouts_table(args) -> list[str]:
+    """The --layouts table (markdown): one row per layout and coefficient placement."""
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype or "float32")
+    scale = args.scale if args.scale is not None else (DRY_RUN_SCALE if args.dry_run else 1.0)
+    families = [(f, int(d)) for f, _, d in (c.partition(":") for c in args.families.split(","))]
+    modes = [m.strip() for m in args.modes.split(",")] if args.modes else (["compile"] if args.compile else ["eager"])
+    repeats, warmup = (1, 0) if args.dry_run else (args.repeats, 1)
+    cols = [f"{f}:{d}" + (f" {m}" if len(modes) > 1 else "") for f, d in families for m in modes]
+    mode_text = " and ".join("torch.compile'd (inductor)" if m == "compile" else "eager" for m in modes)
+    lines = [f"CPU {args.dtype or 'float32'}, {args.threads} threads, forward+backward, {mode_text}, "
+             f"scale {scale:g} of the first dim; time ratio to nn.GELU in the same mode"
+             + (" -- DRY RUN: tiny shapes, one step, the numbers are not measurements" if args.dry_run else ""), ""]
+    lines.append("| layout | shape | coefficients | elements | " + " | ".join(f"GELU {m} ms" for m in modes) + " | "
+                 + " | ".join(cols) + " | page faults / step |")
+    lines.append("|" + "---|" * (5 + len(modes) + len(cols)))
+    for line in lines:
+        print(line, flush=True)
+    for name, shape, channel_dim in layout_rows(scale):
+        x = torch.randn(shape, dtype=dtype, requires_grad=True)
+        gelu_ms, cells, faults = [], {}, []
+        for mode in modes:
+            wrap = _wrapper(mode)
+            gelu = wrap(nn.GELU())
+            gelu_times = []
+            for family, degree in families:
+                ours = wrap(lit_ortho.build_activation(layout_spec(family, degree, shape, channel_dim)))
+                gelu_time, ours_time = step_times([gelu, ours], x, repeats, warmup if mode == "eager" else warmup + 1)
+                gelu_times.append(gelu_time)
+                faults.append(LAST_FAULTS_PER_STEP[0])
+                cells[(family, degree, mode)] = ours_time / gelu_time
+            gelu_ms.append(statistics.median(gelu_times) * 1e3)
+        row = (f"| {name} | {'x'.join(map(str, shape))} | {coefficients_label(shape, channel_dim)} | {x.numel():,} | "
+               + " | ".join(f"{t:.1f}" for t in gelu_ms) + " | "
+               + " | ".join(f"{cells[(f, d, m)]:.2f}x" for f, d in families for m in modes)
+               + f" | {statistics.mean(faults):.0f} |")
+        lines.append(row)
+        print(row, flush=True)
+        del x
+    return lines
+
+
+def _wrapper(mode: str):
+    if mode == "eager":
+        return lambda m: m  # noqa: E731
+    if mode != "compile":
+        raise SystemExit(f"--modes: unknown mode {mode!r} (eager, compile)")
+    torch._dynamo.reset()  # a fresh cache for each row: the table's many shapes never reach the recompile limit
+    return lambda m: torch.compile(m, fullgraph=True, dynamic=False)  # noqa: E731
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -214,15 +419,35 @@ def main() -> None:
     parser.add_argument("--per-channel", action="store_true",
                         help="ours with per-channel coefficients along the last dim (torchortho has none: it is skipped)")
     parser.add_argument("--no-torchortho", action="store_true", help="skip the reference library")
+    parser.add_argument("--layouts", action="store_true",
+                        help="CPU: one table over every layout, shared and per-channel coefficients (dim 1, dim -1)")
+    parser.add_argument("--modes", default=None,
+                        help="--layouts: comma-separated eager,compile (default: compile with --compile, else eager)")
+    parser.add_argument("--families", default=",".join(f"{f}:{d}" for f, d in LAYOUT_FAMILIES),
+                        help="--layouts: the families (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="--layouts: multiply every layout's first dim (default 1; --dry-run: 1/4096)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny sizes, one step, no warm-up: checks that the benchmark runs; times nothing")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="CPU: glibc's default malloc (every large tensor a fresh, page-faulted mmap)")
     args = parser.parse_args()
     if args.per_channel and (args.shape is None or len(parse_shape(args.shape)) < 2):
         parser.error("--per-channel needs a --shape with a channel dim last, e.g. --shape 12288x3072")
+    if args.layouts and args.device != "cpu":
+        parser.error("--layouts is a CPU table (on a GPU: benchmarks/gpu_check.sh)")
     torch.manual_seed(0)
+    print(allocator_line(), flush=True)
     if args.device == "cuda":
-        args.repeats = args.repeats or 20
+        args.repeats = 1 if args.dry_run else args.repeats or 20
         cuda_table(args, parse_shape(args.shape or "12288x3072"))
-    else:
+    elif args.layouts:
         args.repeats = args.repeats or 5
+        layouts_table(args)
+    else:
+        args.repeats = 1 if args.dry_run else args.repeats or 5
+        if args.dry_run and args.shape is None:
+            args.numel = min(args.numel, 4096)
         cpu_table(args, parse_shape(args.shape) if args.shape else (args.numel,))
 
 

@@ -196,12 +196,13 @@ def test_trainable_activations_only(tmp_path):
     assert names and all(".mlp.act." in n for n in names)
 
 
-@pytest.mark.parametrize("how", ["by_hand", "per_layer"])
+@pytest.mark.parametrize("how", ["by_hand", "one_layer_by_hand", "per_layer_mapping"])
 def test_gpt2_checkpoint_records_replaced_activations(tmp_path, how):
-    module = GPT2Module(size="tiny", n_layer=2, n_embd=32, n_head=2, block_size=32, vocab_size=VOCAB, activation="gelu_tanh")
+    mapping = {"0": "gelu", "*": "fourier(degree=3, init=unit)"} if how == "per_layer_mapping" else "gelu_tanh"
+    module = GPT2Module(size="tiny", n_layer=2, n_embd=32, n_head=2, block_size=32, vocab_size=VOCAB, activation=mapping)
     if how == "by_hand":
         lit_ortho.replace_activations(module, "hermite:8", init="replaced")
-    else:
+    elif how == "one_layer_by_hand":
         lit_ortho.replace_activations(module, "tropical:4", types=None, names=["model.transformer.h.1.mlp.act"])
     reloaded, trained = _saved_and_reloaded(module, tmp_path)
     assert [type(b.mlp.act) for b in reloaded.model.transformer.h] == [type(b.mlp.act) for b in trained.model.transformer.h]

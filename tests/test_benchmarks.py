@@ -1,0 +1,156 @@
+"""The benchmark scripts run: the roofline's byte counts, the allocator choice and --layouts of
+benchmarks/activations.py, and benchmarks/gpu_check.sh --dry-run end to end on CPU."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args, env=None, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ---- benchmarks/roofline.py ---------------------------------------------------------------------------------
+def test_roofline_gelu_bytes_are_two_and_three_elements():
+    """By hand: GELU's forward reads x and writes y, its backward reads x and dy and writes dx."""
+    roofline = load("roofline")
+    for dtype, elem in (("bf16", 2), ("fp32", 4)):
+        assert roofline.bytes_per_element("gelu", "forward", elem, numel=12288 * 3072) == 2 * elem
+        assert roofline.bytes_per_element("gelu", "backward", elem, numel=12288 * 3072) == 3 * elem
+    table = roofline.rows(12288 * 3072)
+    gelu = {(r["direction"], r["dtype"]): r["bytes"] for r in table if r["family"] == "gelu"}
+    assert gelu == {("forward", "bf16"): 4, ("backward", "bf16"): 6, ("forward", "fp32"): 8, ("backward", "fp32"): 12}
+    for r in table:  # the kernels move what GELU moves, plus a few partial sums in backward
+        elem = roofline.DTYPES[r["dtype"]]
+        if r["direction"] == "forward":
+            assert r["bytes"] == 2 * elem
+        else:
+            assert 3 * elem <= r["bytes"] < 3 * elem + 0.01
+        assert r["H100_ratio"] >= 0.999 and r["H200_ratio"] >= 0.999  # GELU itself is memory-bound
+    assert {(r["label"]) for r in table} == {"gelu", "hermite:3", "fourier:5", "tropical:5", "tropical_rational:6"}
+
+
+def test_roofline_counts_follow_the_kernels():
+    roofline = load("roofline")
+    # Fourier: MUFU sin/cos only for 16-bit inputs; 1 + 3N coefficient sums in backward
+    assert roofline.fourier_cost("forward", 2, 5).mufu == 5 and roofline.fourier_cost("forward", 4, 5).mufu == 0
+    assert roofline.fourier_cost("backward", 2, 5).special == {"sin": 5, "cos": 5}
+    assert roofline.fourier_cost("backward", 4, 5).groups == 16
+    # Hermite-3 forward: a1 x + a0, then two recurrence steps of (FFMA, FMUL) and an FFMA each
+    h = roofline.hermite_cost("forward", 4, 3)
+    assert (h.ffma, h.fmul, h.flops) == (5, 2, 12)
+    assert roofline.tropical_rational_cost("backward", 2, 6).groups == 28
+    assert roofline.gelu_cost("backward", 2).special == {"erf": 1, "exp": 1}
+
+
+def test_roofline_script_prints_the_table():
+    result = run([str(BENCH / "roofline.py")], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| gelu | forward | bf16 | 4 |" in result.stdout
+    assert "| gelu | backward | fp32 | 12 |" in result.stdout
+    assert "Forward + backward (predicted)" in result.stdout and "H200" in result.stdout
+
+
+# ---- benchmarks/activations.py ------------------------------------------------------------------------------
+def test_allocator_choice():
+    activations = load("activations")
+    choose = activations.choose_allocator
+    tuned = activations.MALLOC_TUNING
+    # default: re-exec with the tuned glibc settings
+    text, env = choose(["activations.py"], {"PATH": "/bin"})
+    assert env is not None and all(env[k] == v for k, v in tuned.items()) and env["PATH"] == "/bin"
+    # after the re-exec: say so, no second re-exec
+    text, env = choose(["activations.py"], {**tuned, activations._REEXEC_MARK: "1"})
+    assert env is None and "MALLOC_MMAP_THRESHOLD_=1073741824" in text
+    # a preloaded allocator is kept
+    text, env = choose(["activations.py"], {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
+    assert env is None and "jemalloc" in text
+    # --default-malloc: glibc's defaults, inherited settings dropped first
+    text, env = choose(["activations.py", "--default-malloc"], {})
+    assert env is None and "default" in text
+    text, env = choose(["activations.py", "--default-malloc"], dict(tuned))
+    assert env is not None and not any(k in env for k in tuned)
+    # someone else's settings are respected and reported
+    text, env = choose(["activations.py"], {"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert env is None and "65536" in text
+
+
+def test_layouts_dry_run():
+    activations = load("activations")
+    rows = activations.layout_rows(1.0)
+    assert len(rows) == 11  # 2-D: shared + dim 1 (= dim -1); 4-D: shared + dim 1 + dim -1; flat: shared
+    assert ("NCHW", (256, 160, 16, 16), 1) in rows and ("NHWC", (128, 56, 56, 96), -1) in rows
+    result = run([str(BENCH / "activations.py"), "--layouts", "--dry-run", "--families", "hermite:3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("allocator: glibc malloc, MALLOC_MMAP_THRESHOLD_=1073741824") or "LD_PRELOAD" in lines[0]
+    assert "DRY RUN" in result.stdout
+    table = [line for line in lines if line.startswith("| ") and line.split("|")[4].strip()[:1].isdigit()]
+    assert len(table) == 11, result.stdout
+    assert any("per-channel, dim 1, C=160" in line for line in table)
+    assert any("per-channel, dim -1 (= 3), C=96" in line for line in table)
+
+
+# ---- benchmarks/gpu_check.sh ------------------------------------------------------------------------------
+def test_core_imports_need_neither_litdata_nor_jsonargparse():
+    code = ("import sys, importlib; import lit_ortho.activations, lit_ortho.models; "
+            "from lit_ortho.activations import FAMILIES; "
+            "[importlib.import_module(r.triton) for r in FAMILIES.values() if r.triton]; "
+            "bad = [m for m in ('litdata', 'jsonargparse') if m in sys.modules]; "
+            "assert not bad, bad")
+    result = run(["-c", code], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_gpu_check_report_marks_targets(tmp_path):
+    gpu_check = load("gpu_check")
+    (tmp_path / "steps.json").write_text(json.dumps({"steps": [{"name": "train", "status": "ok", "seconds": 3, "limit": 9}],
+                                                    "dry_run": False, "command": "benchmarks/gpu_check.sh"}))
+    (tmp_path / "train.json").write_text(json.dumps({
+        "size": "gpt2", "batch": 12, "seq": 1024, "autocast": True, "optimizer_groups": "x", "steps": 5, "warmup": 2,
+        "results": [
+            {"activation": "gelu", "time_s": 0.1, "peak_bytes": 2**30, "vs_gelu": 1.0, "peak_vs_gelu": 1.0},
+            {"activation": "hermite:3", "time_s": 0.104, "peak_bytes": 2**30, "vs_gelu": 1.04, "peak_vs_gelu": 0.99},
+            {"activation": "fourier:5", "time_s": 0.2, "peak_bytes": 2**30, "vs_gelu": 2.0, "peak_vs_gelu": 1.01},
+        ]}))
+    text = gpu_check.report(tmp_path)
+    assert "| hermite:3 | 104.0 | 1.04x | meets | 1024 | 0.99x | meets |" in text
+    assert "| fourier:5 | 200.0 | 2.00x | **misses** | 1024 | 1.01x | **misses** |" in text
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """Every step of the GPU check, on CPU with tiny shapes (about a minute on 2 idle cores)."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    report = (tmp_path / "gpu_check" / "gpu_check.md")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    text = report.read_text()
+    assert "DRY RUN" in text
+    for step in ("setup", "imports", "kernels", "activation", "mlp", "train", "triton_tests"):
+        assert f"| {step} | ok |" in text, text
+    for heading in ("Triton kernels against eager", "Activation forward+backward", "MLP block", "GPT-2 training step"):
+        assert heading in text
+    assert "import without litdata/jsonargparse" in text
+    assert "1 passed" in text  # the interpreted Triton test
+    assert "**NO**" not in text and "error:" not in text
+    kernels = json.loads((tmp_path / "gpu_check" / "kernels.json").read_text())
+    assert kernels["ok"] and len(kernels["rows"]) == 8
