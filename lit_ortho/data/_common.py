@@ -23,6 +23,8 @@ from lit_ortho import errors
 # lit_ortho.data submodule (even one imported directly) sees it.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
+from litdata import StreamingDataLoader  # noqa: E402  (after the variable above)
+
 __all__ = [
     "DataError",
     "DataWarning",
@@ -45,6 +47,8 @@ __all__ = [
     "build_once",
     "run_optimize",
     "default_workers",
+    "EpochStreamingDataLoader",
+    "lightning_batches_done",
 ]
 
 META_FILE = "lit_ortho.json"
@@ -378,3 +382,63 @@ def run_optimize(
 def default_workers() -> int:
     """Worker processes when none are given: every CPU core."""
     return max(1, (os.cpu_count() or 1))
+
+
+# ---- the training loader ---------------------------------------------------------------------------
+class EpochStreamingDataLoader(StreamingDataLoader):
+    """A :class:`litdata.StreamingDataLoader` whose restored position (``load_state_dict``) continues the
+    interrupted epoch only, so that ``Trainer.fit(ckpt_path=...)`` sees the batches of the uninterrupted run.
+
+    litdata replays a restored position on every ``iter()`` until an iteration runs to its end (only there
+    does it clear ``restore`` and the dataset's loaded state). Lightning never runs the training loader to
+    its end: an epoch stops after ``len(loader)`` (or ``limit_train_batches``) batches, before the loader
+    raises ``StopIteration``. Left alone, the epoch after a resumed one replayed the restored position (as
+    last saved: litdata updates the loaded state in place at every ``state_dict()``) with the old epoch's
+    shuffle instead of starting the next epoch, and a checkpoint taken on the last
+    batch of a ``limit_train_batches`` epoch continued the old epoch as the new one.
+
+    Here the restored position is dropped (litdata's ``restore`` cleared: the next epoch starts, with its
+    epoch counter and shuffle, as in the uninterrupted run) when ``iter()`` is called
+
+    * after an iteration of the restored epoch has yielded a batch (the restored epoch is over), or
+    * when ``batches_done_in_epoch()`` (the data module passes Lightning's count of this epoch's batches)
+      is 0 while the restored position is inside an epoch: Lightning starts a new epoch there.
+
+    An iteration abandoned before its first batch leaves the restored position in place.
+    """
+
+    def __init__(self, *args: Any, batches_done_in_epoch: Optional[Callable[[], Optional[int]]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done_in_epoch = batches_done_in_epoch
+        self._restored_epoch_begun = False
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._restored_epoch_begun = False
+
+    def _new_epoch_begins(self) -> bool:
+        if self._restored_epoch_begun:
+            return True
+        done = self._batches_done_in_epoch() if self._batches_done_in_epoch is not None else None
+        return done == 0 and self._num_samples_yielded_streaming > 0
+
+    def __iter__(self) -> Any:
+        # runs at the first next(), as litdata's own check of `restore` does: Lightning's count is final then
+        if self.restore and self._new_epoch_begins():
+            self.restore = False
+        self._restored_epoch_begun = False
+        resuming = self.restore
+        for batch in super().__iter__():
+            if resuming:
+                self._restored_epoch_begun = True
+                resuming = False
+            yield batch
+
+
+def lightning_batches_done(datamodule: Any) -> Optional[int]:
+    """Batches of the current training epoch Lightning has fetched (None outside ``Trainer.fit`` training):
+    for :class:`EpochStreamingDataLoader`'s ``batches_done_in_epoch``."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None or not trainer.training:
+        return None
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready

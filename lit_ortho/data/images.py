@@ -31,6 +31,7 @@ from litdata import StreamingDataset
 
 from lit_ortho.data._common import (
     DataError,
+    EpochStreamingDataLoader,
     build_and_replace,
     build_once,
     cache_root,
@@ -40,6 +41,7 @@ from lit_ortho.data._common import (
     check_output_dir,
     check_val_fraction,
     default_workers,
+    lightning_batches_done,
     load_meta,
     new_meta,
     read_meta,
@@ -540,18 +542,21 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, train: bool):
-        from litdata import StreamingDataLoader
-
         dataset = ImageStreamingDataset(
             str(self.root / split), shuffle=train, drop_last=train, seed=self.hparams.seed, image_transform=self.transform(train)
         )
-        return StreamingDataLoader(
+        # Training: a resumed run goes on into the next epoch as the uninterrupted run does (see
+        # EpochStreamingDataLoader), and no persistent workers: their copies of the dataset would keep the epoch
+        # and restored position they started with (litdata sets both on the main process's copy at every iter()),
+        # so epochs cut short by limit_train_batches would repeat one order and a resumed run its position.
+        return EpochStreamingDataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
             num_workers=self.num_workers,
             drop_last=train,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,
+            batches_done_in_epoch=functools.partial(lightning_batches_done, self) if train else None,
         )
 
     def train_dataloader(self):

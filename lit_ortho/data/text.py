@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import functools
 import gzip
 import io
 import json
@@ -27,6 +28,8 @@ import torch
 from lit_ortho.data._common import (
     DataError,
     DataWarning,
+    EpochStreamingDataLoader,
+    lightning_batches_done,
     build_and_replace,
     build_once,
     cache_root,
@@ -510,7 +513,7 @@ class TextDataModule(L.LightningDataModule):
             check_chunks(self.root / "val")
 
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool):
-        from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+        from litdata import StreamingDataset, TokensLoader
 
         # Built here, after the process group exists, so every rank reads its own share.
         dataset = StreamingDataset(
@@ -520,12 +523,14 @@ class TextDataModule(L.LightningDataModule):
             drop_last=drop_last,
             seed=self.seed,
         )
-        return StreamingDataLoader(
+        # Training: a resumed run goes on into the next epoch as the uninterrupted run does (see there).
+        return EpochStreamingDataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
             drop_last=drop_last,
             pin_memory=torch.cuda.is_available(),
+            batches_done_in_epoch=functools.partial(lightning_batches_done, self) if split == "train" else None,
         )
 
     def train_dataloader(self):
