@@ -283,12 +283,18 @@ def test_bad_arguments_fail_at_construction(make, match):
         (ActivationVarianceMonitor(modules=["blocks.*.act"]), r"glob 'blocks.\*.act' matches no module.*block1.act"),
         (GradientVarianceMonitor(parameters=["*.kernel"]), r"glob '\*.kernel' matches no trainable.*head.weight"),
         (ActivationVarianceMonitor(every_n_steps=2, image_every_n_steps=3), r"multiple of every_n_steps=2"),
-        (ActivationShapeMonitor(), r"no lit_ortho|has none"),
     ],
 )
 def test_bad_choices_fail_before_training(tmp_path, callback, match):
     with pytest.raises(ValueError, match=match):
         helpers.trainer(tmp_path, [callback], max_steps=1).fit(helpers.TinyNet(), helpers.loader(helpers.GLOBAL_BATCH))
+
+
+def test_shape_monitor_on_a_model_without_learnable_activations_warns_and_training_goes_on(tmp_path):
+    trainer = helpers.trainer(tmp_path, [ActivationShapeMonitor()], max_steps=1)
+    with pytest.warns(UserWarning, match=r"ActivationShapeMonitor draws learnable activations .* the model has none"):
+        trainer.fit(helpers.TinyNet(), helpers.loader(helpers.GLOBAL_BATCH))
+    assert trainer.global_step == 1
 
 
 def test_selection_by_type_and_glob(tmp_path):

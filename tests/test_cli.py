@@ -78,6 +78,13 @@ def test_every_config_parses_and_instantiates(name, tmp_path, monkeypatch):
 
                     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "imgs" / c / "x.png")
                 prepare_images(str(tmp_path / "imgs"), data_args["data_dir"], val_fraction=0, num_workers=1, verbose=False)
+    pretrained = raw["model"]["init_args"].get("pretrained")
+    if pretrained:  # a tiny stand-in for the user's Hugging Face GPT-2 directory at the configured path
+        from lit_ortho.models import GPT, GPTConfig
+        from lit_ortho.models.hf import save_gpt2_checkpoint
+
+        tiny = GPT(GPTConfig(vocab_size=300, block_size=1024, n_layer=1, n_head=2, n_embd=32, activation="gelu_new"))
+        save_gpt2_checkpoint(tiny.state_dict(), {**vars(tiny.config), "activation_function": "gelu_new"}, pretrained)
     cli = OrthoCLI(args=args, run=False)
     assert isinstance(cli.model, L.LightningModule) and isinstance(cli.datamodule, L.LightningDataModule)
     assert type(cli.model).__name__ == raw["model"]["class_path"].rsplit(".", 1)[1]

@@ -117,7 +117,8 @@ def layer_activation_specs(activation: Any, n_layer: int) -> list[Any]:
         return list(activation)
     if not isinstance(activation, Mapping) or "name" in activation:
         return [activation] * n_layer
-    if not any(str(key).strip() == "*" or _LAYER_KEY.match(part) for key in activation for part in str(key).split(",")):
+    layer_keys = any(str(key).strip() == "*" or _LAYER_KEY.match(part) for key in activation for part in str(key).split(","))
+    if not layer_keys and not all(isinstance(v, (str, Mapping)) or callable(v) for v in activation.values()):
         raise UsageError(
             f"the activation mapping {dict(activation)!r} has no 'name' key: write {{name: hermite, degree: 3}} for "
             f"one activation, or layer keys {{'0-3': gelu, '*': 'hermite:3'}} for one per layer"
