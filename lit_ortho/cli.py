@@ -151,12 +151,7 @@ class OrthoCLI(LightningCLI):
 
 
 def cli_main(args: Optional[Sequence[str]] = None, run: bool = True) -> OrthoCLI:
-    cli = OrthoCLI(args=None if args is None else list(args), run=run)
-    if run:  # the subcommand is done on every rank: end the process groups before the interpreter ends
-        from lit_ortho.distributed.strategies import end_process_groups
-
-        end_process_groups(barrier=True)
-    return cli
+    return OrthoCLI(args=None if args is None else list(args), run=run)
 
 
 # ---- data preparation subcommands ---------------------------------------------------------------------

@@ -194,7 +194,7 @@ def test_prepare_text_command_and_training_on_its_output(tmp_path, monkeypatch, 
         main(["prepare-text", "missing_dir", "--output-dir", "data/x", "--tokenizer", "byte"])
     with pytest.raises(SystemExit):
         main(["prepare-text", "corpus", "--output-dir", "data/x", "--tokenizer", "words"])
-    assert "invalid choice: 'words'" in capsys.readouterr().err
+    assert "unknown tokenizer 'words'; valid choices: gpt2, byte" in capsys.readouterr().err
 
 
 def test_prepare_images_command(tmp_path, monkeypatch, capsys):
