@@ -341,11 +341,9 @@ def test_flipped_bytes_are_an_error_naming_the_file_and_the_previous_checkpoint(
         main(_fit_args(tmp_path, ckpt, "--ckpt_path", str(bad)))
     assert all((ckpt / f"{n}.sha256").is_file() for n in ("step=2.ckpt", "step=4.ckpt", "last.ckpt"))
 
-    class Module(VerifiedLoading, GPT2Module):
-        pass
-
+    assert issubclass(GPT2Module, VerifiedLoading)  # every OrthoModule checks what it loads
     with pytest.raises(CheckpointError, match=expected):
-        Module.load_from_checkpoint(bad)
+        GPT2Module.load_from_checkpoint(bad)
     with pytest.raises(CheckpointError, match=expected):
         AtomicCheckpointIO().load_checkpoint(bad)
     verify_checkpoint(ckpt / "step=2.ckpt")  # the one it points to is sound

@@ -279,6 +279,9 @@ class GPT(nn.Module):
     def activation_specs(self) -> Any:
         """The spec of the activations the model really has: one spec, or one per layer when they differ."""
         specs = [spec_of(block.mlp.act) for block in self.transformer.h]
+        declared = layer_activation_specs(self.config.activation, self.config.n_layer)
+        if all(spec_of(build_activation(d)) == s for d, s in zip(declared, specs)):
+            return self.config.activation  # as the user wrote it ("hermite:3"), when that is still what the model has
         return specs[0] if all(s == specs[0] for s in specs) else specs
 
     @torch.no_grad()
