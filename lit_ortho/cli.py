@@ -25,7 +25,7 @@ from lit_ortho.data import IMAGE_DATASETS, TOKENIZERS, ImageDataModule, TextData
 from lit_ortho.tasks import ConvNeXtModule, GPT2Module  # noqa: F401
 
 # Registers strategy: fsdp2 / fsdp2_cpu_offload / fsdp1 and provides the pre-flight check.
-from lit_ortho.distributed import ConfigurationError, check_trainer_config, consolidate_checkpoint
+from lit_ortho.distributed import ConfigurationError, check_trainer_config, consolidate_checkpoint, end_process_groups
 
 __all__ = ["OrthoCLI", "cli_main", "main", "PREPARE_COMMANDS", "COMMANDS"]
 
@@ -151,7 +151,12 @@ class OrthoCLI(LightningCLI):
 
 
 def cli_main(args: Optional[Sequence[str]] = None, run: bool = True) -> OrthoCLI:
-    return OrthoCLI(args=None if args is None else list(args), run=run)
+    """``lit-ortho fit|validate|test|predict``: the subcommand, then (every rank, after a barrier) the end of the
+    process groups, so no rank tears down its connections while another still needs them."""
+    cli = OrthoCLI(args=None if args is None else list(args), run=run)
+    if run:
+        end_process_groups(barrier=True)
+    return cli
 
 
 # ---- data preparation subcommands ---------------------------------------------------------------------

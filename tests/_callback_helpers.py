@@ -1,15 +1,11 @@
 """Shared pieces of the callback tests: a tiny model, its data, a plain-PyTorch replay of its training that
-computes every statistic directly, TensorBoard read-back, and a script entry point for multi-process runs.
-
-Run as a script (``python tests/_callback_helpers.py ddp|fsdp1|fsdp2 OUT_DIR``) it trains the same model on 2 CPU
-processes (gloo) and writes TensorBoard events to ``OUT_DIR``; the tests compare them with 1 process.
+computes every statistic directly, TensorBoard read-back, and what the multi-process runs
+(tests/scripts/callback_ranks.py) train with.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -214,12 +210,6 @@ def read_images(log_dir: Path) -> dict[str, list]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def local_numel(p: torch.Tensor) -> int:
     return (p.to_local() if hasattr(p, "to_local") else p).numel()
 
@@ -274,26 +264,3 @@ def distributed_run_callbacks() -> list:
         GradientVarianceMonitor(every_n_steps=1, image_every_n_steps=0, activation_gradients=True),
         ActivationShapeMonitor(every_n_steps=1),
     ]
-
-
-def main(mode: str, out_dir: str) -> None:
-    """Train TinyNet on 2 CPU processes with the monitors at every step (global batch GLOBAL_BATCH)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-    torch.set_num_threads(1)
-    if mode == "ddp":
-        strategy = "ddp"
-    elif mode == "fsdp1":
-        strategy = cpu_fsdp1_strategy()
-    else:
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    callbacks = distributed_run_callbacks() + [ShardReport(Path(out_dir))]
-    trainer(Path(out_dir), callbacks, max_steps=3, devices=2, strategy=strategy, use_distributed_sampler=False).fit(
-        distributed_run_model(), loader(GLOBAL_BATCH // 2, distributed=True)
-    )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])

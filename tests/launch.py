@@ -104,7 +104,7 @@ class Launched:
 
 def _start(argv: Sequence[str], cwd: Path, log: Path, env: dict[str, str]) -> subprocess.Popen:
     with open(log, "w") as f:
-        return subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def launch_nodes(argv: Sequence[str], cwd: Path, num_nodes: int = 2, tag: str = "run", **env_extra: str) -> Launched:
@@ -120,12 +120,13 @@ def launch_nodes(argv: Sequence[str], cwd: Path, num_nodes: int = 2, tag: str = 
     return Launched(procs, logs)
 
 
-def start(argv: Sequence[str], cwd: Path, tag: str = "run", **env_extra: str) -> Launched:
-    """Start one process of ``argv``, output in ``<cwd>/<tag>.log``; call ``wait`` on the result."""
-    log = Path(cwd) / f"{tag}.log"
+def start(argv: Sequence[str], cwd: Path, tag: str = "run", log_dir: Optional[Path] = None, **env_extra: str) -> Launched:
+    """Start one process of ``argv`` in ``cwd``, output in ``<log_dir or cwd>/<tag>.log``; call ``wait`` on the result."""
+    log = Path(log_dir or cwd) / f"{tag}.log"
     return Launched([_start(argv, cwd, log, clean_env(**env_extra))], [log])
 
 
-def run(argv: Sequence[str], cwd: Path, timeout: float, tag: str = "run", **env_extra: str) -> Launched:
+def run(argv: Sequence[str], cwd: Path, timeout: float, tag: str = "run", log_dir: Optional[Path] = None,
+        **env_extra: str) -> Launched:  # fmt: skip
     """Run one process of ``argv`` to the end (killed after ``timeout`` seconds)."""
-    return start(argv, cwd, tag, **env_extra).wait(timeout)
+    return start(argv, cwd, tag, log_dir, **env_extra).wait(timeout)

@@ -3,12 +3,12 @@ benchmarks/activations.py, and benchmarks/gpu_check.sh --dry-run end to end on C
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from launch import Launched, python, run
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -22,9 +22,10 @@ def load(name: str):
     return module
 
 
-def run(args, env=None, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def bench(tmp_path: Path, *args: str, timeout: float = 300) -> tuple[Launched, str]:
+    """``python <args>`` from the repository root (tests/launch.py); the process and its whole output."""
+    result = run(python(*args), ROOT, timeout, tag="bench", log_dir=tmp_path)
+    return result, result.output(tail=None)
 
 
 # ---- benchmarks/roofline.py ---------------------------------------------------------------------------------
@@ -60,12 +61,12 @@ def test_roofline_counts_follow_the_kernels():
     assert roofline.gelu_cost("backward", 2).special == {"erf": 1, "exp": 1}
 
 
-def test_roofline_script_prints_the_table():
-    result = run([str(BENCH / "roofline.py")], timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "| gelu | forward | bf16 | 4 |" in result.stdout
-    assert "| gelu | backward | fp32 | 12 |" in result.stdout
-    assert "Forward + backward (predicted)" in result.stdout and "H200" in result.stdout
+def test_roofline_script_prints_the_table(tmp_path):
+    result, out = bench(tmp_path, BENCH / "roofline.py", timeout=120)
+    assert result.ok, out
+    assert "| gelu | forward | bf16 | 4 |" in out
+    assert "| gelu | backward | fp32 | 12 |" in out
+    assert "Forward + backward (predicted)" in out and "H200" in out
 
 
 # ---- benchmarks/activations.py ------------------------------------------------------------------------------
@@ -92,31 +93,32 @@ def test_allocator_choice():
     assert env is None and "65536" in text
 
 
-def test_layouts_dry_run():
+def test_layouts_dry_run(tmp_path):
     activations = load("activations")
     rows = activations.layout_rows(1.0)
     assert len(rows) == 11  # 2-D: shared + dim 1 (= dim -1); 4-D: shared + dim 1 + dim -1; flat: shared
     assert ("NCHW", (256, 160, 16, 16), 1) in rows and ("NHWC", (128, 56, 56, 96), -1) in rows
-    result = run([str(BENCH / "activations.py"), "--layouts", "--dry-run", "--families", "hermite:3"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("allocator: glibc malloc, MALLOC_MMAP_THRESHOLD_=1073741824") or "LD_PRELOAD" in lines[0]
-    assert "DRY RUN" in result.stdout
+    result, out = bench(tmp_path, BENCH / "activations.py", "--layouts", "--dry-run", "--families", "hermite:3")
+    assert result.ok, out
+    lines = out.splitlines()
+    allocator = next(line for line in lines if line.startswith("allocator: "))  # the first line of stdout
+    assert allocator.startswith("allocator: glibc malloc, MALLOC_MMAP_THRESHOLD_=1073741824") or "LD_PRELOAD" in allocator
+    assert "DRY RUN" in out
     table = [line for line in lines if line.startswith("| ") and line.split("|")[4].strip()[:1].isdigit()]
-    assert len(table) == 11, result.stdout
+    assert len(table) == 11, out
     assert any("per-channel, dim 1, C=160" in line for line in table)
     assert any("per-channel, dim -1 (= 3), C=96" in line for line in table)
 
 
 # ---- benchmarks/gpu_check.sh ------------------------------------------------------------------------------
-def test_core_imports_need_neither_litdata_nor_jsonargparse():
+def test_core_imports_need_neither_litdata_nor_jsonargparse(tmp_path):
     code = ("import sys, importlib; import lit_ortho.activations, lit_ortho.models; "
             "from lit_ortho.activations import FAMILIES; "
             "[importlib.import_module(r.triton) for r in FAMILIES.values() if r.triton]; "
             "bad = [m for m in ('litdata', 'jsonargparse') if m in sys.modules]; "
             "assert not bad, bad")
-    result = run(["-c", code], timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, out = bench(tmp_path, "-c", code, timeout=120)
+    assert result.ok, out
 
 
 def test_gpu_check_report_marks_targets(tmp_path):
@@ -138,11 +140,10 @@ def test_gpu_check_report_marks_targets(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     """Every step of the GPU check, on CPU with tiny shapes (about a minute on 2 idle cores)."""
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = run(["bash", BENCH / "gpu_check.sh", "--dry-run"], ROOT, 1200, tag="gpu_check", log_dir=tmp_path, OUT=tmp_path,
+                 PYTHON=sys.executable)  # fmt: skip
     report = (tmp_path / "gpu_check" / "gpu_check.md")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.ok, result.output(tail=6000)
     text = report.read_text()
     assert "DRY RUN" in text
     for step in ("setup", "imports", "kernels", "activation", "mlp", "train", "triton_tests"):

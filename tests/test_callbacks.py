@@ -6,8 +6,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -20,13 +18,13 @@ from torch import nn
 import lightning.pytorch as pl
 
 from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
+from launch import free_port, run, script
 
 _spec = importlib.util.spec_from_file_location("_callback_helpers", Path(__file__).with_name("_callback_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)
 sys.modules["_callback_helpers"] = helpers
 _spec.loader.exec_module(helpers)
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_close(got: float, want: float, rel: float = 1e-5, what: str = "") -> None:
@@ -131,19 +129,10 @@ def test_nothing_logged_or_hooked_on_other_steps(tmp_path):
 
 # ---- multi-process: 2 ranks equal 1 rank on the same global batch ---------------------------------------------
 def run_two_processes(mode: str, out_dir: Path) -> None:
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(helpers.free_port()),
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(key, None)
-    script = Path(helpers.__file__)
-    command = [sys.executable, str(script), mode, str(out_dir)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, f"{mode} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    """tests/scripts/callback_ranks.py on 2 CPU processes (Lightning starts the second), output in ``<out_dir>/<mode>.log``."""
+    result = run(script("callback_ranks.py", mode, out_dir), out_dir, timeout=600, tag=mode,
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))  # fmt: skip
+    assert result.ok, f"{mode} run failed:\n{result.describe()}"
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +161,8 @@ def assert_same_scalars(got: dict, want: dict, prefixes: tuple[str, ...]) -> Non
 ALL_STATISTICS = ("activation_", "gradient_variance")  # activation_shape_* gains included
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tmp_path, single_process_scalars):
     """DDP on 2 CPU processes (gloo), each with half of every global batch, logs what 1 process logs."""
     run_two_processes("ddp", tmp_path)
@@ -186,6 +177,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path, single_process_scalars):
     assert abs(averaged - exact) > 0.05 * exact
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_fsdp2_gradient_variance_equals_single_process(tmp_path, single_process_scalars):
     """FSDP2 (ModelParallelStrategy, 2 CPU processes): gradients are DTensor shards, uneven, one of them
     empty on rank 1; the parameter-gradient and activation variances, and the activation curves' gains
@@ -199,6 +192,8 @@ def test_fsdp2_gradient_variance_equals_single_process(tmp_path, single_process_
     assert_same_scalars(helpers.read_scalars(tmp_path), single_process_scalars, ALL_STATISTICS)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_fsdp1_flat_shards_equal_single_process(tmp_path, single_process_scalars):
     """FSDP1 (FULL_SHARD, use_orig_params, blocks auto-wrapped, 2 CPU processes): each parameter is a slice of
     a flat buffer, several ranks hold empty slices with grad=None; names lose `_fsdp_wrapped_module.`; the

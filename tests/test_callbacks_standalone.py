@@ -8,7 +8,6 @@ import ast
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
 from callbacks.protocol import STATISTICS_KEYS, SelfRecordingActivation, is_self_recording_activation, read_statistics
+from launch import run, script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,31 +33,14 @@ else:
 
 
 # ---- standing alone ------------------------------------------------------------------------------------------
-def test_import_callbacks_loads_no_lit_ortho_and_registers_no_op():
+@pytest.mark.slow
+def test_import_callbacks_loads_no_lit_ortho_and_registers_no_op(tmp_path):
     """In a fresh interpreter ``import callbacks`` (and building every monitor) leaves no lit_ortho module in
     sys.modules and no operator in the ``lit_ortho::`` namespace; the operator check itself sees an operator
-    defined afterwards (so it is not vacuous)."""
-    script = textwrap.dedent(
-        """
-        import json, sys
-        import torch
-        import callbacks
-        from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
-        ActivationShapeMonitor(); ActivationVarianceMonitor(high=1.0); GradientVarianceMonitor()
-
-        def ops(prefix):
-            return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix))
-
-        modules = sorted(m for m in sys.modules if m == "lit_ortho" or m.startswith("lit_ortho."))
-        lit_ortho_ops = ops("lit_ortho::")
-        library = torch.library.Library("callbacks_selftest", "DEF")
-        library.define("probe(Tensor x) -> Tensor")
-        print(json.dumps({"modules": modules, "ops": lit_ortho_ops, "control": ops("callbacks_selftest::")}))
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    defined afterwards (so it is not vacuous). The script: tests/scripts/import_callbacks.py."""
+    result = run(script("import_callbacks.py", tmp_path / "found.json"), tmp_path, timeout=300, tag="import_callbacks")
+    assert result.ok, result.describe()
+    found = json.loads((tmp_path / "found.json").read_text())
     assert found["modules"] == [], found
     assert found["ops"] == [], found
     assert found["control"] == ["callbacks_selftest::probe"], found

@@ -18,9 +18,6 @@ import re
 import shutil
 import signal
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -29,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from launch import Launched, script, start
 from lit_ortho import durable
 from lit_ortho.checkpointing import (
     AtomicCheckpointIO,
@@ -117,108 +115,26 @@ def _flip_64_bytes(path: Path) -> None:
 
 
 # ---- the training processes that get killed ------------------------------------------------------------
-FAULT_SCRIPT = textwrap.dedent(
-    """
-    # Runs lit-ortho with a fault at the save of last.ckpt at step FAULT_STEP:
-    #   die:   SIGKILL itself before that save starts (after step=N.ckpt is written);
-    #   pause: stop once PAUSE_AFTER bytes of any file under FAULT_WATCH are written (open().write or the
-    #          os.sendfile of a cross-filesystem move), write FAULT_MARKER, and wait to be killed.
-    import builtins, os, signal, sys, time
-    import lightning.pytorch as pl
-
-    MODE, STEP, WATCH = os.environ["FAULT_MODE"], int(os.environ["FAULT_STEP"]), os.path.realpath(os.environ["FAULT_WATCH"])
-    MARKER, LIMIT = os.environ["FAULT_MARKER"], int(os.environ["FAULT_PAUSE_AFTER"])
-    armed = False
-    real_save = pl.Trainer.save_checkpoint
-
-    def save_checkpoint(self, filepath, *args, **kwargs):
-        global armed
-        if os.path.basename(str(filepath)) == "last.ckpt" and self.global_step == STEP:
-            if MODE == "die":
-                os.kill(os.getpid(), signal.SIGKILL)
-            armed = True
-        return real_save(self, filepath, *args, **kwargs)
-
-    pl.Trainer.save_checkpoint = save_checkpoint
-
-    def watched(path):
-        return os.path.realpath(path).startswith(WATCH + os.sep)
-
-    def pause(path):
-        with real_open(MARKER, "w") as f:
-            f.write(path)
-        time.sleep(3600)
-
-    real_open = builtins.open
-
-    class Paused:
-        def __init__(self, f, path):
-            self._f, self._path, self._n = f, path, 0
-        def write(self, data):
-            if armed and self._n + len(data) > LIMIT:
-                self._f.write(memoryview(data)[: max(LIMIT - self._n, 0)])
-                self._f.flush()
-                pause(self._path)
-            self._n += len(data)
-            return self._f.write(data)
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            return self._f.__exit__(*exc)
-
-    def open_(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax") and watched(os.fspath(file)):
-            return Paused(f, os.fspath(file))
-        return f
-
-    builtins.open = open_
-    real_sendfile, sent = os.sendfile, {}
-
-    def sendfile(out_fd, in_fd, offset, count, *args):
-        if armed and watched(os.readlink(f"/proc/self/fd/{out_fd}")):
-            n = sent.get(out_fd, 0)
-            if n + count > LIMIT:
-                if LIMIT > n:
-                    real_sendfile(out_fd, in_fd, offset, LIMIT - n)
-                pause(os.readlink(f"/proc/self/fd/{out_fd}"))
-            sent[out_fd] = n + count
-        return real_sendfile(out_fd, in_fd, offset, count, *args)
-
-    os.sendfile = sendfile
-    from lit_ortho.cli import main
-    main(sys.argv[1:])
-    """
-)
-
-
-def _start(root: Path, mode: str, step: int, watch: Path, tmpdir: Path) -> tuple[subprocess.Popen, Path]:
+def _start(root: Path, mode: str, step: int, watch: Path, tmpdir: Path) -> tuple[Launched, Path]:
+    """tests/scripts/fault_at_save.py training in ``root`` (output in ``root/train.log``), ``$TMPDIR`` at ``tmpdir``."""
     root.mkdir(parents=True, exist_ok=True)
     tmpdir.mkdir(parents=True, exist_ok=True)
-    script = root / "fault.py"
-    script.write_text(FAULT_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}}
-    env.update(
-        PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", LITDATA_DISABLE_VERSION_CHECK="1", PYTHONUNBUFFERED="1", TMPDIR=str(tmpdir),
-        FAULT_MODE=mode, FAULT_STEP=str(step), FAULT_WATCH=str(watch), FAULT_MARKER=str(root / "paused"), FAULT_PAUSE_AFTER=str(PAUSE_AFTER),
-    )
-    log = open(root / "train.log", "w")
-    proc = subprocess.Popen([sys.executable, str(script), *_fit_args(root, root / "ckpt")], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, root
+    launched = start(script("fault_at_save.py", *_fit_args(root, root / "ckpt")), root, tag="train", TMPDIR=tmpdir,
+                     FAULT_MODE=mode, FAULT_STEP=step, FAULT_WATCH=watch, FAULT_MARKER=root / "paused",
+                     FAULT_PAUSE_AFTER=PAUSE_AFTER)  # fmt: skip
+    return launched, root
 
 
-def _wait(proc: subprocess.Popen, root: Path, deadline: float) -> int:
+def _wait(launched: Launched, root: Path, deadline: float) -> int:
     """Wait until the process pauses (then SIGKILL it, as a node failure would) or ends; return its exit code."""
+    proc = launched.procs[0]
     while proc.poll() is None and not (root / "paused").exists():
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    code = proc.wait(30)
-    assert code == -signal.SIGKILL, f"exit code {code}:\n{(root / 'train.log').read_text()[-3000:]}"
+    launched.kill()
+    code = launched.returncodes[0]
+    assert code == -signal.SIGKILL, f"exit code {code}:\n{launched.output()}"
     return code
 
 

@@ -11,11 +11,14 @@ NODE_RANK=0/1, num_nodes=2, devices=1, gloo).
   ``GPT2Module.load_from_checkpoint`` and a single-device resume accept.
 * Impossible configurations fail before training starts, with a message saying what to write instead.
 
-Every subprocess has a hard timeout (it is killed, and the test fails, instead of hanging CI).
+Every subprocess is started by tests/launch.py with a hard timeout (it is killed, and the test fails, instead of
+hanging CI). The timing checks hold on a loaded machine: what a rank reacted to is read from its error message
+(a closed connection vs a timeout), and the measured delays are printed (``pytest -s``) and named in failures.
+Tests that start training processes are marked ``multiprocess`` and ``slow``.
 """
 
 import json
-import sys
+import re
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +26,9 @@ import pytest
 import torch
 import yaml
 
-from _fsdp_helpers import REPO, launch_nodes, read_losses, run_single
+from _fsdp_helpers import read_losses
+from launch import REPO, launch_nodes, python, run, script
+from lit_ortho import build_activation
 from lit_ortho.cli import OrthoCLI, main
 from lit_ortho.distributed import (
     ConfigurationError,
@@ -39,9 +44,9 @@ from lit_ortho.tasks import GPT2Module
 
 CONFIGS = REPO / "cli_configs"
 TWO_NODES_YAML = CONFIGS / "gpt2_cpu_fsdp_2nodes.yaml"
-HARD_TIMEOUT = 300  # seconds for any launched job: a hang fails the test instead of blocking it
-KILL_TIMEOUT_S = 30  # the collective timeout (timeout_s) of the killed-rank run
-HANG_TIMEOUT_S = 10  # ... and of the hung-rank run
+HARD_TIMEOUT = 600  # seconds for any launched job: a hang fails the test instead of blocking it (minutes under load)
+KILL_TIMEOUT_S = 120  # the collective timeout (timeout_s) of the killed-rank run: long, so "at once" is unmistakable
+HANG_TIMEOUT_S = 30  # ... and of the hung-rank run (it also bounds the start-up skew of its two processes)
 FP32_RTOL, BF16_RTOL = 1e-5, 5e-3
 STEPS = 20
 
@@ -70,9 +75,8 @@ SHARDED_RUNS = ["fsdp2-32", "fsdp2-bf16", "hsdp-32", "fsdp1-32", "fsdp1-bf16", "
 @pytest.fixture(scope="module")
 def equality_runs(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("equality")
-    script = str(REPO / "tests" / "_fsdp_equality.py")
-    nodes = launch_nodes([sys.executable, script, str(out), "2", *SHARDED_RUNS], out, tag="nodes", LIT_ORTHO_CACHE=cache)
-    single = run_single([sys.executable, script, str(out), "1", "single-32", "single-bf16"], out, HARD_TIMEOUT, LIT_ORTHO_CACHE=cache)
+    nodes = launch_nodes(script("fsdp_equality.py", out, "2", *SHARDED_RUNS), out, tag="nodes", LIT_ORTHO_CACHE=cache)
+    single = run(script("fsdp_equality.py", out, "1", "single-32", "single-bf16"), out, HARD_TIMEOUT, tag="single", LIT_ORTHO_CACHE=cache)
     nodes.wait(HARD_TIMEOUT)
     assert single.returncodes == [0], single.describe()
     assert nodes.returncodes == [0, 0], nodes.describe()
@@ -80,6 +84,8 @@ def equality_runs(tmp_path_factory, cache):
 
 
 @pytest.mark.parametrize("run", SHARDED_RUNS)
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_nodes_give_the_single_process_loss_curve(equality_runs, run):
     precision = run.split("-")[1]
     two_nodes = _mean_over_ranks(equality_runs / run, 2)  # each rank's loss is over its half of the global batch
@@ -109,6 +115,8 @@ def test_two_nodes_give_the_single_process_loss_curve(equality_runs, run):
 
 
 @pytest.mark.parametrize("run", ["fsdp2-32", "fsdp1-32"])
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_consolidation_round_trips(equality_runs, run, tmp_path, capsys):
     full = torch.load(equality_runs / run / "full.pt")  # the weights gathered from both ranks in the job
     out = tmp_path / "model.ckpt"
@@ -121,7 +129,8 @@ def test_consolidation_round_trips(equality_runs, run, tmp_path, capsys):
         assert torch.equal(checkpoint["state_dict"][name], value), name
 
     model = GPT2Module.load_from_checkpoint(out)  # the file alone is enough
-    assert model.hparams.activation == "hermite:3" and model.tokenizer_name == "byte"
+    assert build_activation(model.hparams.activation).spec() == build_activation("hermite:3").spec()  # either spelling
+    assert model.tokenizer_name == "byte"
     for name, value in model.state_dict().items():
         assert torch.equal(value, full[name]), name
 
@@ -178,7 +187,7 @@ def _test_config(tmp_path: Path, name: str, ckpt_dir: str, losses_dir: str, time
 
 
 def _fit(config: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "lit_ortho.cli", "fit", "--config", str(TWO_NODES_YAML), "--config", config, *extra]
+    return python("-m", "lit_ortho.cli", "fit", "--config", TWO_NODES_YAML, "--config", config, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +217,8 @@ def yaml_runs(tmp_path_factory, cache):
     return {"root": root, "full": full, "killed": killed, "after_kill": after_kill, "resumed": resumed, "hung": hung}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_yaml_recipe_trains_on_two_nodes_with_sharded_checkpoints(yaml_runs):
     root, full = yaml_runs["root"], yaml_runs["full"]
     assert full.returncodes == [0, 0], full.describe()
@@ -222,19 +233,27 @@ def test_yaml_recipe_trains_on_two_nodes_with_sharded_checkpoints(yaml_runs):
     assert saved["trainer"]["num_nodes"] == 2 and saved["trainer"]["precision"] == "bf16-mixed"
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_killed_rank_ends_the_job_and_last_checkpoint_survives(yaml_runs):
     root, killed = yaml_runs["root"], yaml_runs["killed"]
     assert killed.returncodes[1] == 1, killed.describe()  # the injected crash
     assert killed.returncodes[0] not in (0, -9), killed.describe()  # rank 0 failed by itself, was not killed by us
     delay = killed.exit_times[0] - killed.exit_times[1]
-    assert delay < KILL_TIMEOUT_S + 15, f"rank 0 exited {delay:.1f} s after rank 1 died"
-    print(f"killed rank: rank 0 exited {delay:.1f} s after rank 1 died")
-    assert "lit-ortho: rank 0 stops: a collective failed" in killed.output(0)
+    print(f"killed rank: rank 0 exited {delay:.1f} s after rank 1 died (timeout_s={KILL_TIMEOUT_S})")
+    # At once, not after the timeout: what rank 0 reacted to is in its error (the closed connection), whatever the
+    # load; the delay (~3 s idle, measured up to ~Xs on a loaded 2-core machine) only has to stay below timeout_s.
+    log = killed.output(0, tail=None)
+    assert re.search(r"Connection (reset|closed) by peer|Broken pipe", log) and "Timed out" not in log, killed.describe()
+    assert delay < KILL_TIMEOUT_S, f"rank 0 exited {delay:.1f} s after rank 1 died: it waited for timeout_s={KILL_TIMEOUT_S}"
+    assert "lit-ortho: rank 0 stops: a collective failed" in log
     assert [r["step"] for r in read_losses(root / "losses_killed", 0)] == list(range(13))
     after_kill = yaml_runs["after_kill"]  # as the crash left it, before the rerun
     assert after_kill == {"last_step": 10, "complete": ["last.ckpt", "step=10.ckpt", "step=5.ckpt"], "partial": []}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_resume_from_last_continues_the_uninterrupted_loss_curve(yaml_runs):
     root, resumed = yaml_runs["root"], yaml_runs["resumed"]
     assert resumed.returncodes == [0, 0], resumed.describe()
@@ -256,15 +275,22 @@ def test_resume_from_last_continues_the_uninterrupted_loss_curve(yaml_runs):
     assert isinstance(model.generate("The ", max_new_tokens=10, seed=0), str)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_hung_rank_ends_the_job_after_the_collective_timeout(yaml_runs):
     hung = yaml_runs["hung"]
-    assert hung.returncodes[0] not in (0, -9), hung.describe()  # rank 0 gave up by itself
-    hang_line = next(line for line in hung.output(1, tail=100000).splitlines() if line.startswith("KillRank: rank 1 hangs"))
-    hang_started = float(hang_line.rsplit("t=", 1)[1])
-    waited = hung.exit_times[0] - hang_started
-    # gloo honours the timeout: rank 0 waits about timeout_s in its all-gather, then fails
-    assert HANG_TIMEOUT_S - 1 < waited < HANG_TIMEOUT_S + 40, f"rank 0 exited {waited:.1f} s after rank 1 hung"
-    print(f"hung rank: rank 0 exited {waited:.1f} s after rank 1 stopped answering (timeout_s={HANG_TIMEOUT_S})")
+    assert hung.returncodes[0] not in (0, -9), hung.describe()  # rank 0 gave up by itself, before the hard timeout
+    hang_lines = [line for line in hung.output(1, tail=None).splitlines() if line.startswith("KillRank: rank 1 hangs")]
+    assert hang_lines, hung.describe()  # and only after rank 1 hung (not in a slow start-up)
+    hang_started = float(hang_lines[0].rsplit("t=", 1)[1])
+    # The collective that timed out began after rank 0 recorded its last step (step 1), so however loaded the
+    # machine is, rank 0 exits at least timeout_s after that; it exits by itself well before the hard timeout.
+    last_step = read_losses(yaml_runs["root"] / "losses_hang", 0)[-1]
+    waited, after_hang = hung.exit_times[0] - last_step["t"], hung.exit_times[0] - hang_started
+    print(f"hung rank: rank 0 exited {after_hang:.1f} s after rank 1 stopped answering, {waited:.1f} s after its own "
+          f"last step (timeout_s={HANG_TIMEOUT_S}, hard timeout {HARD_TIMEOUT} s)")
+    assert last_step["step"] == 1, last_step
+    assert HANG_TIMEOUT_S <= waited < HARD_TIMEOUT, f"rank 0 exited {waited:.1f} s after its last step (timeout_s={HANG_TIMEOUT_S})"
     assert "Timed out" in hung.output(0) and f"timeout_s={float(HANG_TIMEOUT_S)}" in hung.output(0)
 
 
@@ -306,6 +332,23 @@ def test_strategies_check_on_every_rank_before_the_process_group(tmp_path):
         trainer.fit(module, [torch.zeros(2, 9, dtype=torch.long)])
     assert not torch.distributed.is_initialized()
 
+
+
+def test_end_process_groups_destroys_the_groups_once(monkeypatch):
+    """What ``lit-ortho`` runs after each subcommand: a barrier, then every group destroyed; nothing to do twice."""
+    from lit_ortho.distributed.strategies import _PROCESS, end_process_groups
+    from launch import free_port
+
+    monkeypatch.setitem(_PROCESS, "exit_handler", True)  # not this test's business: no exit handler for pytest
+    assert not torch.distributed.is_initialized()
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        torch.distributed.new_group([0])
+        assert end_process_groups(barrier=True) and not torch.distributed.is_initialized()
+        assert not end_process_groups(barrier=True)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 FSDP_CONFIGS = sorted(p.name for p in CONFIGS.glob("*fsdp*.yaml"))
 

@@ -2,18 +2,15 @@
 subprocess, under TRITON_INTERPRET=1) the Triton kernels of tests/test_kernels_triton.py."""
 
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import lit_ortho as L
 from _families import BUILTIN_FAMILIES
+from launch import TESTS, python, run
 from lit_ortho.activations import backends, kernels
 from lit_ortho.activations import BACKENDS
 from lit_ortho.activations import FAMILIES, fourier
@@ -206,6 +203,7 @@ def _passes(code: str, rows: int, cols: int) -> int:
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("family", ["fourier", "tropical"])
+@pytest.mark.codegen
 def test_inductor_makes_one_pass_over_the_elements_each_way(family):
     """The CPU cost of the compiled activation is set by how often it walks the tensor: forward one
     pass; backward one pass computing dx and every coefficient sum together (for Fourier-5: five
@@ -220,6 +218,7 @@ def test_inductor_makes_one_pass_over_the_elements_each_way(family):
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
+@pytest.mark.codegen
 def test_inductor_vectorises_per_channel_coefficients(family):
     """Per-channel [C, K] coefficients along the last dim: each column must reach the loop as a
     contiguous [C] vector. A strided column makes inductor fall back to a scalar loop (one element
@@ -234,18 +233,15 @@ def test_inductor_vectorises_per_channel_coefficients(family):
 @pytest.mark.skipif(not kernels.TRITON_AVAILABLE, reason="triton is not installed")
 @pytest.mark.skipif(kernels.INTERPRET or torch.cuda.is_available(),
                     reason="tests/test_kernels_triton.py runs in this process (GPU or interpreter)")
-def test_triton_kernels_under_the_interpreter():
+@pytest.mark.slow
+def test_triton_kernels_under_the_interpreter(tmp_path):
     """TRITON_INTERPRET must be set before triton is imported, so the kernel tests run in a fresh
     interpreter process: forward, input gradient and coefficient gradients against eager."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests" / "test_kernels_triton.py")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
-    )
-    report = result.stdout[-6000:] + result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert " passed" in result.stdout and " skipped" not in result.stdout, report
+    result = run(python("-m", "pytest", "-q", "-p", "no:cacheprovider", TESTS / "test_kernels_triton.py"), tmp_path,
+                 timeout=900, tag="triton_interpret", TRITON_INTERPRET="1")  # fmt: skip
+    report = result.output(0, tail=9000)
+    assert result.ok, report
+    assert " passed" in report and " skipped" not in report, report
 
 
 # ---- the Triton kernels compile for an H100 (sm_90), no GPU needed ----------------------------------
@@ -274,6 +270,7 @@ def _aot_compile(kernel, dtype: str, constexprs: dict):
 
 @pytest.mark.skipif(not kernels.TRITON_AVAILABLE or kernels.INTERPRET, reason="needs triton, not interpreted")
 @pytest.mark.parametrize("family", BUILTIN_FAMILIES)
+@pytest.mark.codegen
 def test_kernels_compile_for_sm90(family):
     """Lowering to PTX and SASS, which the interpreter never does: bf16 forward with shared
     coefficients (Fourier: the MUFU sin/cos path) and float32 per-channel backward."""

@@ -4,10 +4,6 @@ import ast
 import importlib.util
 import inspect
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +15,7 @@ from lit_ortho import build_activation
 from lit_ortho.activations import LearnableActivation
 from lit_ortho.data import ImageDataModule, TextDataModule
 from lit_ortho.tasks import ConvNeXtModule, GPT2Module, OrthoModule, WarmupCosine, parameter_groups
+from launch import free_port, run, script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +136,8 @@ def test_options_are_declared_once_and_all_saved_in_hparams():
 
     module = GPT2Module(size="tiny", lr=3e-3, warmup_steps=15)
     assert {k: module.hparams[k] for k in OPTIONS} == {**OPTIONS, "lr": 3e-3, "warmup_steps": 15}
-    assert module.hparams.size == "tiny" and module.hparams.activation == "gelu"
+    assert module.hparams.size == "tiny" and module.hparams.activation is None  # None: gelu, or a checkpoint's own
+    assert GPT2Module(size="tiny", vocab_size=257).model.activation_specs() == "gelu"
     module = ConvNeXtModule(eps=1e-6)
     assert {k: module.hparams[k] for k in OPTIONS} == {**OPTIONS, **CONVNEXT_RECIPE, "eps": 1e-6}
     with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
@@ -233,6 +231,7 @@ def test_gpt_needs_a_vocabulary_and_a_long_enough_context(tmp_path):
 
 
 # ---- training, checkpoints, generation -----------------------------------------------------------------
+@pytest.mark.slow
 def test_gpt2_hermite_trains_reloads_and_generates(tmp_path):
     torch.manual_seed(0)
     module = _small_gpt()
@@ -318,46 +317,14 @@ def test_gpt2_under_fsdp2_keeps_activation_coefficients_fp32(tmp_path):
             torch.distributed.destroy_process_group()
 
 
-DISTRIBUTED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    import lightning as L, torch
-    from lightning.pytorch.strategies import ModelParallelStrategy
-    from lit_ortho.data import TextDataModule
-    from lit_ortho.tasks import GPT2Module
-
-    kind, out = sys.argv[1], sys.argv[2]
-    L.seed_everything(0)
-    strategy = "ddp" if kind == "ddp" else ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    module = GPT2Module(size="tiny", n_layer=2, n_embd=64, n_head=2, block_size=32, activation="hermite:3", lr=3e-3)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=3, limit_val_batches=2,
-                        val_check_interval=3, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                        precision="bf16-mixed" if kind == "fsdp" else "32-true")
-    trainer.fit(module, TextDataModule(seq_length=32, batch_size=4))
-    coef = module.model.transformer.h[0].mlp.act.coefficients
-    local = coef.to_local() if hasattr(coef, "to_local") else coef
-    full = coef.full_tensor() if hasattr(coef, "full_tensor") else coef
-    result = dict(rank=trainer.global_rank, val=float(trainer.callback_metrics["val/loss"]),
-                  local=local.numel(), full=full.tolist(), dtype=str(coef.dtype), step=trainer.global_step)
-    with open(f"{out}.{trainer.global_rank}.json", "w") as f:
-        json.dump(result, f)
-    """
-)
-
-
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_processes_ddp_and_fsdp2(tmp_path, kind, cache):
-    script = tmp_path / "run.py"
-    script.write_text(DISTRIBUTED_SCRIPT)
-    # a fresh launch: drop what an earlier in-process distributed run left in the environment
-    launch_vars = {"MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
-    env = {k: v for k, v in os.environ.items() if k not in launch_vars and not k.startswith(("PL_", "TORCHELASTIC"))}
-    env.update(PYTHONPATH=str(REPO), LIT_ORTHO_CACHE=str(cache), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, str(script), kind, str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """tests/scripts/train_two_processes.py on 2 CPU processes."""
+    result = run(script("train_two_processes.py", kind, tmp_path / "out"), tmp_path, timeout=600, tag=kind,
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), LIT_ORTHO_CACHE=str(cache))  # fmt: skip
+    assert result.ok, result.describe()
     import json
 
     ranks = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in (0, 1)]
@@ -405,6 +372,7 @@ def test_convnext_loss_matches_timm_mixup_with_label_smoothing():
     torch.testing.assert_close(module._loss(logits, target), LabelSmoothingCrossEntropy(0.1)(logits, target))
 
 
+@pytest.mark.slow
 def test_convnext_trains_on_digits_and_reloads_without_the_pretrained_file(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "atto.pth"

@@ -8,9 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -25,9 +23,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import callbacks
+from launch import REPO, run, script
 from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor, plots
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
 
 
@@ -283,63 +281,13 @@ class PrintingCallback(Callback):
     pass
 '''
 
-SHADOWED_SCRIPT = r'''
-import json, pickle, sys, warnings
-import callbacks
-assert callbacks.MARK == "the user's", callbacks.__file__
-import lit_ortho.callbacks as lc
-from lit_ortho.callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
-from lit_ortho.callbacks.protocol import STATISTICS_KEYS
-import callbacks as again
-assert again is callbacks and sys.modules["callbacks"].MARK == "the user's"
-
-# LightningCLI-style YAML naming both the user's callback and ours
-from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import Callback
-parser = ArgumentParser()
-parser.add_argument("--callbacks", type=list[Callback])
-cfg = parser.parse_string("""
-callbacks:
-  - class_path: lit_ortho.callbacks.ActivationVarianceMonitor
-    init_args: {every_n_steps: 1, image_every_n_steps: 0}
-  - class_path: lit_ortho.callbacks.GradientVarianceMonitor
-    init_args: {every_n_steps: 1, image_every_n_steps: 0, activation_gradients: true}
-  - class_path: lit_ortho.callbacks.ActivationShapeMonitor
-  - class_path: callbacks.PrintingCallback
-""")
-monitors = parser.instantiate_classes(cfg).callbacks
-assert [type(m) for m in monitors[:3]] == [ActivationVarianceMonitor, GradientVarianceMonitor, ActivationShapeMonitor]
-assert type(monitors[3]) is callbacks.PrintingCallback
-
-import lightning.pytorch as pl
-from lightning.pytorch.demos.boring_classes import BoringModel
-from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader
-from lightning.pytorch.demos.boring_classes import RandomDataset
-out = sys.argv[1]
-trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=CSVLogger(out, name="csv"), callbacks=monitors,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     log_every_n_steps=1)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    trainer.fit(BoringModel(), DataLoader(RandomDataset(32, 8), batch_size=4))
-with open(f"{out}/monitor.pkl", "wb") as f:
-    pickle.dump(ActivationVarianceMonitor(every_n_steps=3), f)
-print(json.dumps({
-    "module": ActivationVarianceMonitor.__module__,
-    "keys": list(STATISTICS_KEYS),
-    "warnings": [str(w.message) for w in caught],
-    "ours_loaded_as": sorted(n for n in sys.modules if n.startswith("lit_ortho.callbacks")),
-}))
-'''
 
 
-def _run(script: str, cwd: Path, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(REPO)])}
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _run(name: str, cwd: Path, *args: str) -> dict:
+    """tests/scripts/<name> with ``cwd`` first on the path (where a user's own ``callbacks.py`` would be); its last line of output, as JSON."""
+    result = run(script(name, *args), cwd, timeout=600, tag=Path(name).stem, PYTHONPATH=os.pathsep.join([str(cwd), str(REPO)]))
+    assert result.ok, result.describe()
+    return json.loads(result.output(tail=None).strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -350,55 +298,23 @@ def test_lit_ortho_callbacks_work_when_a_users_callbacks_module_shadows_ours(tmp
     project = tmp_path / "project"
     project.mkdir()
     (project / "callbacks.py").write_text(USER_CALLBACKS)
-    found = _run(SHADOWED_SCRIPT, project, str(tmp_path))
+    found = _run("shadowed_callbacks.py", project, str(tmp_path))
     assert found["module"] == "lit_ortho.callbacks._monitors.activation_variance"
     assert "lit_ortho.callbacks.protocol" in found["ours_loaded_as"]
     assert found["keys"][0] == "count"
     assert with_prefix(csv_tags(tmp_path / "csv"), "activation_variance") == {"layer"}
     assert matching(found["warnings"], "ActivationShapeMonitor", "has none")
 
-    unpickle = textwrap.dedent(
-        """
-        import json, pickle, sys
-        import callbacks
-        with open(sys.argv[1], "rb") as f:
-            monitor = pickle.load(f)
-        print(json.dumps({"type": type(monitor).__module__, "every": monitor.every_n_steps, "user": callbacks.MARK}))
-        """
-    )
-    loaded = _run(unpickle, project, str(tmp_path / "monitor.pkl"))
+    loaded = _run("unpickle_monitor.py", project, str(tmp_path / "monitor.pkl"))
     assert loaded == {"type": "lit_ortho.callbacks._monitors.activation_variance", "every": 3, "user": "the user's"}
 
 
 @pytest.mark.slow
 def test_both_names_give_the_same_classes_in_either_import_order(tmp_path):
-    script = textwrap.dedent(
-        """
-        import json, sys
-        first, second = sys.argv[1:]
-        import importlib
-        a = importlib.import_module(first)
-        b = importlib.import_module(second)
-        from jsonargparse import ArgumentParser
-        from lightning.pytorch.callbacks import Callback
-        parser = ArgumentParser()
-        parser.add_argument("--callbacks", type=list[Callback])
-        cfg = parser.parse_string(
-            "callbacks: [{class_path: callbacks.ActivationVarianceMonitor}, "
-            "{class_path: lit_ortho.callbacks.ActivationVarianceMonitor}]")
-        x, y = parser.instantiate_classes(cfg).callbacks
-        print(json.dumps({
-            "same": all(getattr(a, n) is getattr(b, n) for n in a.__all__),
-            "yaml_same": type(x) is type(y) is a.ActivationVarianceMonitor,
-            "module": a.ActivationVarianceMonitor.__module__,
-            "internal": "lit_ortho.callbacks._monitors" in sys.modules,
-        }))
-        """
-    )
     empty = tmp_path / "elsewhere"
     empty.mkdir()
     for order in (("callbacks", "lit_ortho.callbacks"), ("lit_ortho.callbacks", "callbacks")):
-        found = _run(script, empty, *order)
+        found = _run("import_order.py", empty, *order)
         assert found == {"same": True, "yaml_same": True, "module": "callbacks.activation_variance", "internal": False}
 
 

@@ -283,16 +283,17 @@ def _val_losses(log_root):
 
 
 @pytest.mark.slow
-def test_offline_fine_tune_path_end_to_end(tmp_path, cache):
-    from launch import REPO, python, run
+def test_offline_fine_tune_path_end_to_end(tmp_path, cache, monkeypatch):
+    """The README's commands, each through ``lit_ortho.cli.main`` as the ``lit-ortho`` script runs it."""
+    from launch import REPO
+    from lit_ortho.cli import main
 
     config = str(REPO / "cli_configs" / "gpt2_cpu.yaml")
 
     def cli(*args, tag, cwd=tmp_path):
         cwd.mkdir(exist_ok=True)
-        result = run(python("-m", "lit_ortho.cli", *args), cwd, timeout=600, tag=tag, LIT_ORTHO_CACHE=str(cache))
-        assert result.ok, result.describe()
-        return result
+        monkeypatch.chdir(cwd)
+        main(list(args))
 
     def logged(name):
         return ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'logs'}",

@@ -20,7 +20,8 @@ Submodules, one concern each (none imports the LightningModules of :mod:`lit_ort
 
 * :mod:`~lit_ortho.distributed.preflight`: configuration checks (precisions, sizes, timeouts, the Trainer).
 * :mod:`~lit_ortho.distributed.checkpoints`: atomic sharded checkpoints, consolidation.
-* :mod:`~lit_ortho.distributed.strategies`: the two strategies, collective-failure notes, name registration.
+* :mod:`~lit_ortho.distributed.strategies`: the two strategies, collective-failure notes, name registration, and
+  :func:`end_process_groups` (the end of a rank's part in a job: ``lit-ortho`` calls it after each subcommand).
 * :mod:`~lit_ortho.distributed.sharding`: how a module is sharded under them (``fully_shard`` per block, the
   FSDP1 wrap policy, FSDP1 gradient clipping): what ``OrthoModule.configure_model`` calls.
 """
@@ -34,7 +35,7 @@ from lit_ortho.distributed.preflight import (
     normalize_precision,
     resolve_parallel_sizes,
 )
-from lit_ortho.distributed.strategies import FSDP1Strategy, FSDP2Strategy, is_collective_failure
+from lit_ortho.distributed.strategies import FSDP1Strategy, FSDP2Strategy, end_process_groups, is_collective_failure
 
 __all__ = [
     "ConfigurationError",
@@ -46,6 +47,7 @@ __all__ = [
     "normalize_precision",
     "is_sharded_checkpoint",
     "is_collective_failure",
+    "end_process_groups",
     "consolidate_checkpoint",
     "DEFAULT_TIMEOUT_S",
 ]

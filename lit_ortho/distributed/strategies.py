@@ -5,10 +5,19 @@ pre-flight check through :meth:`check_config`), write sharded checkpoints atomic
 (:class:`~lit_ortho.distributed.checkpoints.AtomicCheckpointsMixin`), and end a job whose collective failed
 with a note saying what happened and how to resume. How a model is sharded under them is
 :mod:`lit_ortho.distributed.sharding`'s business.
+
+Process groups end before the interpreter does: :func:`end_process_groups` (``lit-ortho`` calls it after each
+subcommand, after a barrier) and an exit handler (registered by it, and by these strategies when they create the
+process group, for scripts that train through the Python API) that frees the groups' last holders. Left alive
+into interpreter finalization, gloo's worker threads can drop the last reference to a finished collective's
+tensors after the interpreter stopped handing out the GIL; the thread is then killed mid-C++ and the rank
+aborts (``terminate called without an active exception``, exit status -6) after finishing its work.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 from contextlib import contextmanager
 from typing import Any, Generator, Literal, Mapping, Optional, Union
@@ -29,7 +38,7 @@ from lit_ortho.distributed.preflight import (
     resolve_parallel_sizes,
 )
 
-__all__ = ["FSDP2Strategy", "FSDP1Strategy", "is_collective_failure", "COLLECTIVE_FAILURE_MARKERS"]
+__all__ = ["FSDP2Strategy", "FSDP1Strategy", "is_collective_failure", "end_process_groups", "COLLECTIVE_FAILURE_MARKERS"]
 
 COLLECTIVE_FAILURE_MARKERS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe")
 
@@ -42,6 +51,56 @@ def is_collective_failure(exception: BaseException) -> bool:
     return isinstance(exception, RuntimeError) and any(marker in text for marker in COLLECTIVE_FAILURE_MARKERS)
 
 
+# ---- the end of a process's part in the job ---------------------------------------------------------------
+# "failed": an exception reached a strategy in its last run, or the final barrier failed: collectives may still be
+# pending, so the exit handler leaves the groups alone (a failing rank exits at once instead of waiting for them).
+_PROCESS = {"failed": False, "exit_handler": False}
+
+
+def end_process_groups(barrier: bool = True) -> bool:
+    """End this process's part in the distributed job: with ``barrier``, wait until every rank has got here (so
+    none closes its connections while another still needs them; a rank that crashed or hangs makes the barrier
+    fail, after at most the collective timeout), then destroy the default process group and every subgroup (the
+    device meshes'). Call it on every rank once the job's last collective is done; ``lit-ortho`` does, after each
+    subcommand. Returns whether there was a group to end.
+
+    gloo joins its worker threads only when the last reference to a group goes, and a sharded model or a device
+    mesh still holds one; so this also registers an exit handler that collects those objects (unreachable by
+    then) before the interpreter finalizes."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if barrier and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except BaseException:
+            _PROCESS["failed"] = True
+            raise
+    dist.destroy_process_group()
+    _register_exit_handler()
+    return True
+
+
+def _register_exit_handler() -> None:
+    if not _PROCESS["exit_handler"]:
+        atexit.register(_end_process_groups_at_exit)
+        _PROCESS["exit_handler"] = True
+
+
+def _end_process_groups_at_exit() -> None:
+    """At interpreter exit (before finalization): destroy what is left (no barrier: a rank may end its script
+    early and another wait for it) and collect the groups' last holders, so their worker threads are joined
+    while the interpreter is alive. Not after a failure: a group with a pending collective would wait for it."""
+    if _PROCESS["failed"]:
+        return
+    try:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        gc.collect()
+    except Exception as err:  # pragma: no cover - the process is ending anyway
+        print(f"lit-ortho: could not end the process groups at exit: {err}", file=sys.stderr, flush=True)
+
+
 class _FaultHandling(AtomicCheckpointsMixin):
     """Shared by the FSDP strategies: atomic sharded checkpoints, and a failed collective (a rank died, or did
     not answer within ``timeout_s``) ends this process with the original error plus a note saying what happened
@@ -49,7 +108,17 @@ class _FaultHandling(AtomicCheckpointsMixin):
 
     timeout_s: Optional[float] = DEFAULT_TIMEOUT_S
 
+    def setup_environment(self) -> None:
+        dist = torch.distributed
+        created = dist.is_available() and not dist.is_initialized()
+        _PROCESS["failed"] = False  # a new run: what the last one left pending is done or was given up
+        super().setup_environment()  # type: ignore[misc]
+        if created and dist.is_initialized():
+            # Not in teardown: trainer.save_checkpoint / trainer.test after fit still need the sharded model's groups.
+            _register_exit_handler()
+
     def on_exception(self, exception: BaseException) -> None:
+        _PROCESS["failed"] = True
         super().on_exception(exception)  # type: ignore[misc]
         if not is_collective_failure(exception):
             return

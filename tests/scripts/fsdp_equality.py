@@ -1,6 +1,6 @@
 """Training process for the loss-curve equality test (tests/test_fsdp_multinode.py).
 
-    python tests/_fsdp_equality.py OUT_DIR NUM_NODES RUN [RUN ...]
+    python tests/scripts/fsdp_equality.py OUT_DIR NUM_NODES RUN [RUN ...]      (tests/ on PYTHONPATH: tests/launch.py)
 
 RUN is one of ``single-32``, ``single-bf16`` (one process, no sharding, batch 8) or ``fsdp2-32``, ``fsdp2-bf16``,
 ``fsdp1-32``, ``fsdp1-bf16``, ``hsdp-32`` (one process per node, batch 4 each: the same global batch of 8), with
