@@ -33,8 +33,11 @@ def hermite_basis(x: Tensor, n: int):
     big = torch.finfo(x.dtype).max
     p_prev, p = None, x  # P_0 = 1 stays implicit
     for k in range(1, n):
-        p_next = x * p
-        p_next.sub_(1.0 if p_prev is None else p_prev).mul_(1.0 / (k + 1)).clamp_(-big, big)
+        if p_prev is None:  # P_2 = (x^2 - 1)/2: one pass
+            p_next = torch.addcmul(torch.full((), -0.5, dtype=x.dtype, device=x.device), x, p, value=0.5)
+        else:  # P_{k+1} = -(P_{k-1} - x P_k)/(k+1): two passes
+            p_next = torch.addcmul(p_prev, x, p, value=-1.0).mul_(-1.0 / (k + 1))
+        p_next.clamp_(-big, big)
         yield p_next
         p_prev, p = p, p_next
 
@@ -56,31 +59,36 @@ def clenshaw(x: Tensor, a: list[Tensor]) -> Tensor:
         if b2 is not None:
             t.sub_(b2, alpha=1.0 / (k + 2))
         b1, b2 = t, b1
-    overflowed = ~torch.isfinite(b1) & ~torch.isnan(x)  # an overflowed b_k may also carry a wrong sign
     if torch.compiler.is_compiling():  # no data-dependent shapes in a graph: select, fused by inductor
-        return torch.where(overflowed, _overflow_infinity(x, a).to(b1.dtype), b1)
-    if overflowed.any():  # eager: only the (rare) overflowed elements
+        overflowed = ~torch.isfinite(b1) & ~torch.isnan(x)  # an overflowed b_k may also carry a wrong sign
+        # the sign branch runs for every element here: in x's dtype (float64 would triple the compiled cost)
+        return torch.where(overflowed, _overflow_infinity(x, a, x.dtype).to(b1.dtype), b1)
+    # eager: one reduction to check (a NaN or inf anywhere makes the sum non-finite; a sum of finite values that
+    # overflows only costs the exact pass below), then the (rare) overflowed elements only
+    if not torch.isfinite(b1.sum()):
+        overflowed = ~torch.isfinite(b1) & ~torch.isnan(x)
         b1[overflowed] = _overflow_infinity(x[overflowed], [torch.broadcast_to(c, x.shape)[overflowed] for c in a]).to(b1.dtype)
     return b1
 
 
-def _overflow_infinity(x: Tensor, a: list[Tensor]) -> Tensor:
+def _overflow_infinity(x: Tensor, a: list[Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
     """±inf with the sign of sum_k a_k P_k(x), for inputs where that sum overflows.
 
     With t = 1/x, P_k(x) = x^k Q_k where Q_0 = Q_1 = 1 and Q_{k+1} = (Q_k - t^2 Q_{k-1})/(k+1) stay
     small, so F(x) = x^n S with S = sum_k a_k Q_k t^(n-k) by Horner in t (float64): sign(F) =
-    sign(x)^n sign(S), exact also where the top terms nearly cancel.
+    sign(x)^n sign(S), exact also where the top terms nearly cancel (in float64; in float32, unless they
+    cancel to float32's precision: t^(n-k) of the low terms underflows, and those terms are negligible).
     """
     n = len(a) - 1
-    xd = x.double()
+    xd = x.to(dtype)
     t = 1.0 / xd
     t2 = t * t
     q = [torch.ones_like(xd), torch.ones_like(xd)]
     for k in range(1, n):
         q.append((q[k] - t2 * q[k - 1]) / (k + 1))
-    s = a[0].double() * q[0]
+    s = a[0].to(dtype) * q[0]
     for k in range(1, n + 1):  # Horner from a_0, which carries t^n
-        s = s * t + a[k].double() * q[k]
+        s = s * t + a[k].to(dtype) * q[k]
     sign = torch.sign(s) * (torch.sign(xd) if n % 2 else 1.0)
     return sign * torch.inf
 

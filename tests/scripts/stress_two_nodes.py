@@ -1,5 +1,6 @@
 """How each rank of the two-node CPU recipe exits on a loaded machine: start ``lit-ortho fit`` on
-cli_configs/gpt2_cpu_fsdp_2nodes.yaml (shrunk: 8 steps, a sharded checkpoint every 4, validation at the end)
+cli_configs/gpt2_cpu_fsdp_2nodes.yaml (shrunk as tests/test_fsdp_multinode.py shrinks it: a 2-layer model, 20 steps, a sharded checkpoint every 5,
+validation at the end, the recipe's TensorBoard logger)
 ``--runs`` times, ``--jobs`` jobs at a time, while ``--load`` busy loops keep the cores busy, and count the exit
 statuses of every rank. A clean job is exit 0 on both ranks; the bug this watches for is a rank that finishes its
 work and then aborts at interpreter exit (status -6).
@@ -26,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import REPO, TESTS, launch_nodes, python  # noqa: E402
 
 
-def override(out: Path, steps: int = 8) -> Path:
+def override(out: Path, steps: int) -> Path:
     config = {
         "trainer": {
             "max_steps": steps, "val_check_interval": steps, "limit_val_batches": 2, "enable_progress_bar": False,
-            "enable_model_summary": False, "logger": False,
+            "enable_model_summary": False,
             "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(out / "ckpt"), "filename": "{step}", "every_n_train_steps": steps // 2,
+                           "init_args": {"dirpath": str(out / "ckpt"), "filename": "{step}", "every_n_train_steps": 5,
                                          "save_top_k": -1, "save_last": True}}],
         },
         "model": {"init_args": {"n_layer": 2, "n_embd": 64, "n_head": 2}},
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=2, help="busy loops running meanwhile")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--pythonpath", default=str(REPO), help="the lit-ortho checkout to run (default: this one)")
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     config = REPO / "cli_configs" / "gpt2_cpu_fsdp_2nodes.yaml"
@@ -61,7 +63,7 @@ def main() -> int:
             for run in range(first, min(first + args.jobs, args.runs)):
                 out = args.out / f"run{run}"
                 out.mkdir(parents=True, exist_ok=True)
-                argv = python("-m", "lit_ortho.cli", "fit", "--config", config, "--config", override(out))
+                argv = python("-m", "lit_ortho.cli", "fit", "--config", config, "--config", override(out, args.steps))
                 env = dict(PYTHONPATH=os.pathsep.join([args.pythonpath, str(TESTS)]), LIT_ORTHO_CACHE=str(args.out / "cache"))
                 started.append((run, time.monotonic(), launch_nodes(argv, out, tag="fit", **env)))
             for run, t0, job in started:
