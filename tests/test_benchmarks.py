@@ -155,3 +155,16 @@ def test_gpu_check_dry_run(tmp_path):
     assert "**NO**" not in text and "error:" not in text
     kernels = json.loads((tmp_path / "gpu_check" / "kernels.json").read_text())
     assert kernels["ok"] and len(kernels["rows"]) == 8
+
+
+# ---- benchmarks/callbacks.py ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_callbacks_benchmark_dry_run(tmp_path):
+    """Every row of the monitors' overhead table is built and trained (tiny, one round); no monitor leaves a
+    hook on a step where it does not act."""
+    result, out = bench(tmp_path, BENCH / "callbacks.py", "--dry-run", timeout=600)
+    assert result.ok, out
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines() if line.startswith("| ")}
+    assert {"baseline", "every_n_steps=50", "config"} <= set(rows), out
+    assert all(cells[-2].strip() == "0" for name, cells in rows.items() if name != "configuration"), out  # hooks elsewhere
+    assert "dry run: no timing claims" in out
