@@ -172,10 +172,13 @@ def _test_config(tmp_path: Path, name: str, ckpt_dir: str, losses_dir: str, time
         {"class_path": "_fsdp_helpers.RecordLosses", "init_args": {"out_dir": losses_dir}},
         *extra_callbacks,
     ]
+    # Each job logs to its own version: jobs that start together would both take version_0 and write one config.yaml.
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+              "init_args": {"save_dir": "runs", "name": "gpt2_cpu_fsdp_2nodes", "version": Path(name).stem, "default_hp_metric": False}}
     override = {
         "trainer": {
             "max_steps": steps, "val_check_interval": steps, "limit_val_batches": 2, "enable_progress_bar": False,
-            "enable_model_summary": False, "callbacks": callbacks,
+            "enable_model_summary": False, "callbacks": callbacks, "logger": logger,
             "strategy": {"class_path": "lit_ortho.distributed.FSDP2Strategy", "init_args": {"timeout_s": timeout_s}},
         },
         "model": {"init_args": {"n_layer": 2, "n_embd": 64, "n_head": 2}},
@@ -229,7 +232,7 @@ def test_yaml_recipe_trains_on_two_nodes_with_sharded_checkpoints(yaml_runs):
     assert torch.load(ckpt / "last.ckpt" / "meta.pt", weights_only=False)["global_step"] == STEPS
     loss = _mean_over_ranks(root / "losses_full", 2)
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 1.0
-    saved = yaml.safe_load((root / "runs" / "gpt2_cpu_fsdp_2nodes" / "version_0" / "config.yaml").read_text())
+    saved = yaml.safe_load((root / "runs" / "gpt2_cpu_fsdp_2nodes" / "full" / "config.yaml").read_text())
     assert saved["trainer"]["num_nodes"] == 2 and saved["trainer"]["precision"] == "bf16-mixed"
 
 
