@@ -12,6 +12,8 @@ both import).
 from .activation_shape import ActivationShapeMonitor
 from .activation_variance import ActivationVarianceMonitor
 from .gradient_variance import GradientVarianceMonitor
+from .parameter_update import ParameterUpdateMonitor
 from .protocol import SelfRecordingActivation
 
-__all__ = ["ActivationShapeMonitor", "ActivationVarianceMonitor", "GradientVarianceMonitor", "SelfRecordingActivation"]
+__all__ = ["ActivationShapeMonitor", "ActivationVarianceMonitor", "GradientVarianceMonitor", "ParameterUpdateMonitor",
+           "SelfRecordingActivation"]

@@ -16,6 +16,7 @@ from .steps import batches_that_stepped, ends_optimizer_step
 from .probes import ActivationProbe
 from .selection import ModuleType, WatchedModule, choose_layers, usable_layers
 from .statistics import LayerMoments, data_parallel_group
+from .watch import activation_signals
 
 
 class ActivationVarianceMonitor(VarianceMonitor):
@@ -29,9 +30,12 @@ class ActivationVarianceMonitor(VarianceMonitor):
     activations that keep their own sums: :class:`callbacks.protocol.SelfRecordingActivation`, e.g.
     lit_ortho's).
 
-    Logged: ``activation_variance/<layer>``, ``activation_mean/<layer>``, ``activation_gain/<layer>``
-    (and ``activation_nonfinite/<layer>``), a TensorBoard custom-scalars chart per layer kind, and every
-    ``image_every_n_steps`` an ``activation_variance/by_depth`` picture.
+    Logged: ``activation_variance/<layer>``, ``activation_mean/<layer>``, ``activation_gain/<layer>``,
+    ``activation_kurtosis/<layer>`` (E[(x-mean)^4]/var^2 over every output element: 3 for a Gaussian, large
+    when a few features carry the signal), ``activation_absmax/<layer>`` (the largest |output|: outlier
+    features), optionally ``activation_nonfinite/<layer>``; a TensorBoard custom-scalars chart per layer kind,
+    and every ``image_every_n_steps`` an ``activation_variance/by_depth`` picture. All of them are pooled over
+    the data-parallel ranks in one collective per logging step.
 
     Args:
         modules: extra modules to watch, by glob on their name (``"blocks.*.mlp.c_fc"``); wrapper parts
@@ -43,6 +47,9 @@ class ActivationVarianceMonitor(VarianceMonitor):
             with none (activations called as functions, as in ``nn.Transformer``) gets a warning and its
             Linear/Conv layers are watched instead.
         log_mean, log_gain: also log the output mean / the gain var(out)/var(in).
+        log_kurtosis, log_absmax: also log the output's kurtosis / largest |value| (three more passes over
+            each output, on logging steps only; a compiled layer reports them when its activation records
+            them, as lit_ortho's do).
         log_nonfinite: also log the fraction of non-finite output values (one more pass over each output).
         **kwargs: the options of :class:`~callbacks.monitor.VarianceMonitor`, by keyword: ``every_n_steps``
             (log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``),
@@ -62,6 +69,8 @@ class ActivationVarianceMonitor(VarianceMonitor):
         include_activations: bool = True,
         log_mean: bool = True,
         log_gain: bool = True,
+        log_kurtosis: bool = True,
+        log_absmax: bool = True,
         log_nonfinite: bool = False,
         **kwargs: Any,
     ):
@@ -69,6 +78,7 @@ class ActivationVarianceMonitor(VarianceMonitor):
         self.modules, self.module_types = list(modules), list(module_types)
         self.include_activations = include_activations
         self.log_mean, self.log_gain, self.log_nonfinite = log_mean, log_gain, log_nonfinite
+        self.log_kurtosis, self.log_absmax = log_kurtosis, log_absmax
         self._layers: list[WatchedModule] = []
         self._probe: Optional[ActivationProbe] = None
         self._group = None
@@ -87,7 +97,8 @@ class ActivationVarianceMonitor(VarianceMonitor):
             self._probe = None
             return
         moments = LayerMoments(len(self._layers), ActivationProbe.SLOTS, pl_module.device)
-        self._probe = ActivationProbe(self._layers, moments, count_nonfinite=self.log_nonfinite)
+        self._probe = ActivationProbe(self._layers, moments, count_nonfinite=self.log_nonfinite,
+                                      higher=self.log_kurtosis or self.log_absmax)
         self._group = data_parallel_group(trainer.strategy)
 
     @override
@@ -130,21 +141,12 @@ class ActivationVarianceMonitor(VarianceMonitor):
         self.publish(trainer, step, self._series(readout), self._kinds(), self._forward_order())
 
     def _series(self, readout) -> list[Series]:
-        names = [layer.name for layer in self._layers]
-        seen = (readout.count("out") > 0).tolist()
-        var_out = readout.variance("out")
-
-        def per_layer(values: torch.Tensor) -> dict[str, float]:
-            return {name: v for name, v, ok in zip(names, values.tolist(), seen) if ok}
-
-        series = [Series("activation_variance", per_layer(var_out), alert=True, image=True)]
-        if self.log_mean:
-            series.append(Series("activation_mean", per_layer(readout.mean("out"))))
-        if self.log_gain:
-            series.append(Series("activation_gain", per_layer(readout.gain("out", "in"))))
-        if self.log_nonfinite:
-            series.append(Series("activation_nonfinite", per_layer(readout.nonfinite_fraction("out"))))
-        return series
+        signals = activation_signals(readout, [layer.name for layer in self._layers], mean=self.log_mean,
+                                     gain=self.log_gain, kurtosis=self.log_kurtosis, absmax=self.log_absmax,
+                                     nonfinite=self.log_nonfinite)  # fmt: skip
+        # bounds, alerts and the depth picture are about the variance
+        return [Series(name, values, alert=name == "activation_variance", image=name == "activation_variance")
+                for name, values in signals.items()]  # fmt: skip
 
     def _kinds(self) -> dict[str, str]:
         return {layer.name: layer.kind for layer in self._layers}

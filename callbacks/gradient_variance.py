@@ -15,13 +15,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from .monitor import Series, VarianceMonitor
 from .steps import batches_that_stepped, ends_optimizer_step
-from .probes import GradientProbe, ModuleOrderProbe
+from .probes import GradientProbe, ParameterOrder
 from .selection import (
     ModuleType,
     WatchedModule,
     choose_layers,
-    module_class,
     named_modules,
+    parameter_kinds,
     select_parameters,
     usable_layers,
 )
@@ -78,9 +78,7 @@ class GradientVarianceMonitor(VarianceMonitor):
         self.modules, self.module_types = list(modules), list(module_types)
         self.include_activations = include_activations
         self._params: list[tuple[str, torch.nn.Parameter]] = []
-        self._param_owner: list[int] = []
-        self._owner_order = ModuleOrderProbe([])
-        self._param_order: Optional[list[str]] = None
+        self._order: Optional[ParameterOrder] = None
         self._param_kinds: dict[str, str] = {}
         self._fsdp1_group = None
         self._pending: dict[str, float] = {}  # parameter variances read this step, published at batch end
@@ -98,17 +96,9 @@ class GradientVarianceMonitor(VarianceMonitor):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._params = select_parameters(pl_module, self.parameters)
         modules = dict(named_modules(pl_module))
-        owners: dict[str, torch.nn.Module] = {}  # module name -> module holding some watched parameter
-        self._param_kinds, self._param_owner = {}, []
-        for name, _ in self._params:
-            owner, _, leaf = name.rpartition(".")
-            module = modules.get(owner, pl_module)
-            self._param_kinds[name] = f"{module_class(module).__name__}.{leaf}"
-            self._param_owner.append(list(owners).index(owner) if owner in owners else len(owners))
-            owners.setdefault(owner, module)
+        self._param_kinds = parameter_kinds(self._params, modules, pl_module)
         # Parameters are shown in the order their modules run, found on the first logged step's forward.
-        self._owner_order = ModuleOrderProbe(list(owners.values()))
-        self._param_order: Optional[list[str]] = None
+        self._order = ParameterOrder(self._params, modules, pl_module)
         self._fsdp1_group = fsdp1_shard_group(trainer.strategy.model or pl_module)
         self._probe, self._collecting, self._checked_calls = None, None, False
         if self.activation_gradients:
@@ -158,8 +148,8 @@ class GradientVarianceMonitor(VarianceMonitor):
                              batch_idx: int) -> None:  # fmt: skip
         if not self.is_logging_step(trainer):
             return
-        if self._param_order is None:
-            self._owner_order.attach()
+        if self._order is not None:
+            self._order.attach()
         if self._probe is None:
             return
         step = batches_that_stepped(trainer)
@@ -173,12 +163,8 @@ class GradientVarianceMonitor(VarianceMonitor):
     def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
         if self._probe is not None:
             self._probe.detach()  # the taps planted in this forward stay and fire during backward
-        if self._param_order is None and self._owner_order.attached:
-            self._owner_order.detach()  # modules that never ran (or ran compiled, unseen) keep registration order
-            position = {owner: rank for rank, owner in enumerate(self._owner_order.calls.order)}
-            depth = [position.get(owner, len(position)) for owner in self._param_owner]
-            by_depth = sorted(range(len(self._params)), key=lambda i: (depth[i], i))
-            self._param_order = [self._params[i][0] for i in by_depth]
+        if self._order is not None:
+            self._order.finish()  # the first logged forward showed the modules' order
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
@@ -197,7 +183,7 @@ class GradientVarianceMonitor(VarianceMonitor):
         if series and step is not None:
             layer_names = [layer.name for layer in self._layers]
             kinds = {**self._param_kinds, **{layer.name: layer.kind for layer in self._layers}}
-            order = self._param_order or [name for name, _ in self._params]
+            order = self._order.names_in_order() if self._order is not None else [n for n, _ in self._params]
             if self._probe is not None:
                 order = order + self._probe.calls.names(layer_names)
             self.publish(trainer, step, series, kinds, order)
@@ -232,7 +218,8 @@ class GradientVarianceMonitor(VarianceMonitor):
 
     @override
     def _release(self) -> None:
-        self._owner_order.detach()
+        if self._order is not None:
+            self._order.detach()
         if self._probe is not None:
             self._probe.detach()
         self._collecting = None

@@ -164,7 +164,8 @@ def build_depth_figure(
     if finite.any():
         depth_ax.set_xscale("log")
     depth_ax.set_ylim(n - 0.5, -0.5)  # forward order top to bottom, the rows of the heat map
-    depth_ax.set_xlabel("variance (log scale)")
+    quantity = title.replace("_", " ")  # "activation variance", "update ratio", ...
+    depth_ax.set_xlabel(f"{quantity} (log scale)")
     depth_ax.set_ylabel(axis_label)
     depth_ax.set_title(f"{title} at step {step}")
     depth_ax.grid(True, which="both", alpha=0.3)
@@ -174,9 +175,9 @@ def build_depth_figure(
     cmap = _colormap("viridis")
     image = heat_ax.imshow(_log10(history), aspect="auto", origin="upper", interpolation="nearest", cmap=cmap)
     colorbar = fig.colorbar(image, ax=heat_ax, pad=0.01)
-    colorbar.set_label("log10(variance)   (blank: not logged / non-finite)")
+    colorbar.set_label(f"log10({quantity})   (blank: not logged / non-finite)")
     heat_ax.set_xlabel("step")
-    heat_ax.set_title(f"{title}: log10(variance), {axis_label.split(' ')[0]} x step")
+    heat_ax.set_title(f"{title}: log10, {axis_label.split(' ')[0]} x step")
     ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int))
     heat_ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
 

@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .protocol import read_statistics
 from .selection import WatchedModule
-from .statistics import LayerMoments
+from .statistics import ABSMAX, COUNT, NONFINITE, SUM, SUM3, SUM4, SUMSQ, LayerMoments
 
 
 def _first_tensor(value: Any) -> tuple[Optional[int], Optional[Tensor]]:
@@ -94,13 +94,54 @@ class ModuleOrderProbe:
         self.calls.saw(index)
 
 
+class ParameterOrder:
+    """The order parameters are used in (their owning modules' first call in one forward pass): the depth
+    order the pictures show. ``attach`` before a forward, ``finish`` after it; until then (or for modules that
+    never ran, or ran compiled and unseen) registration order."""
+
+    def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]], modules: dict[str, torch.nn.Module],
+                 root: torch.nn.Module):  # fmt: skip
+        self.names = [name for name, _ in named_params]
+        owners: dict[str, torch.nn.Module] = {}
+        self._owner_of: list[int] = []
+        for name in self.names:
+            owner = name.rpartition(".")[0]
+            self._owner_of.append(list(owners).index(owner) if owner in owners else len(owners))
+            owners.setdefault(owner, modules.get(owner, root))
+        self._probe = ModuleOrderProbe(list(owners.values()))
+        self.order: Optional[list[str]] = None
+
+    @property
+    def attached(self) -> bool:
+        return self._probe.attached
+
+    def attach(self) -> None:
+        if self.order is None:
+            self._probe.attach()
+
+    def finish(self) -> None:
+        if self.order is None and self._probe.attached:
+            self._probe.detach()
+            position = {owner: rank for rank, owner in enumerate(self._probe.calls.order)}
+            depth = [position.get(owner, len(position)) for owner in self._owner_of]
+            self.order = [self.names[i] for i in sorted(range(len(self.names)), key=lambda i: (depth[i], i))]
+
+    def detach(self) -> None:
+        self._probe.detach()
+
+    def names_in_order(self) -> list[str]:
+        return self.order or list(self.names)
+
+
 class ActivationProbe:
     """Adds every watched layer's input and output moments (slots ``in``, ``out``) to ``moments``."""
 
     SLOTS = ("in", "out")
 
-    def __init__(self, layers: Sequence[WatchedModule], moments: LayerMoments, count_nonfinite: bool = False):
+    def __init__(self, layers: Sequence[WatchedModule], moments: LayerMoments, count_nonfinite: bool = False,
+                 higher: bool = False):  # fmt: skip
         self.layers, self.moments, self.count_nonfinite = list(layers), moments, count_nonfinite
+        self.higher = higher  # also x^3, x^4 sums and max |x| of outputs (kurtosis, absmax)
         self._hooks = _Hooks()
         self._recording: list[int] = []
         self.calls = CallOrder()  # layer indices in the order their forward ran
@@ -130,13 +171,15 @@ class ActivationProbe:
             module.record_statistics = False
             stats = {key: value.to(self.moments.values) for key, value in read_statistics(module).items()}
             count = stats["count"]
-            self.moments.add_raw(
-                i, "in", torch.stack([count, stats["input_sum"], stats["input_sum_of_squares"], torch.zeros_like(count)])
-            )
-            self.moments.add_raw(
-                i, "out",
-                torch.stack([count, stats["output_sum"], stats["output_sum_of_squares"], stats["output_nonfinite"]]),
-            )  # fmt: skip
+            self.moments.add_raw(i, "in", {COUNT: count, SUM: stats["input_sum"], SUMSQ: stats["input_sum_of_squares"]})
+            out = {COUNT: count, SUM: stats["output_sum"], SUMSQ: stats["output_sum_of_squares"],
+                   NONFINITE: stats["output_nonfinite"]}  # fmt: skip
+            if "output_absmax" in stats:  # optional: kurtosis and outliers of compiled layers
+                out.update({SUM3: stats["output_sum_of_cubes"], SUM4: stats["output_sum_of_fourth_powers"],
+                            ABSMAX: stats["output_absmax"]})  # fmt: skip
+            else:  # unknown: NaN (it survives the pooling maximum), so neither is logged for this layer
+                out[ABSMAX] = torch.full_like(count, float("nan"))
+            self.moments.add_raw(i, "out", out)
             module.reset_statistics()
         self._recording.clear()
 
@@ -148,7 +191,7 @@ class ActivationProbe:
     def _on_output(self, index: int, module: torch.nn.Module, args: tuple, output: Any) -> None:
         _, y = _first_tensor(output)
         if y is not None:
-            self.moments.add(index, "out", y, count_nonfinite=self.count_nonfinite)
+            self.moments.add(index, "out", y, count_nonfinite=self.count_nonfinite, higher=self.higher)
         self.calls.saw(index)
 
 

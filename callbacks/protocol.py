@@ -52,7 +52,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["STATISTICS_KEYS", "SelfRecordingActivation", "is_self_recording_activation", "read_statistics"]
+__all__ = ["HIGHER_STATISTICS_KEYS", "STATISTICS_KEYS", "SelfRecordingActivation", "is_self_recording_activation",
+           "read_statistics"]
 
 #: The keys of :meth:`SelfRecordingActivation.recorded_statistics`, each a float64 scalar tensor summed over
 #: every forward pass since the last ``reset_statistics``: the number of elements of the input (= of the
@@ -60,6 +61,10 @@ __all__ = ["STATISTICS_KEYS", "SelfRecordingActivation", "is_self_recording_acti
 #: and the number of non-finite output values.
 STATISTICS_KEYS = ("count", "input_sum", "input_sum_of_squares", "output_sum", "output_sum_of_squares",
                    "output_nonfinite")  # fmt: skip
+
+#: Optional keys, for ``activation_kurtosis`` and ``activation_absmax`` of compiled layers: the sums of the cubes
+#: and fourth powers of the finite output values, and the largest |output| (a running maximum, not a sum).
+HIGHER_STATISTICS_KEYS = ("output_sum_of_cubes", "output_sum_of_fourth_powers", "output_absmax")
 
 
 @runtime_checkable
@@ -81,7 +86,8 @@ class SelfRecordingActivation(Protocol):
         ...
 
     def recorded_statistics(self) -> Mapping[str, Tensor]:
-        """The sums by name: a float64 scalar tensor for each key of :data:`STATISTICS_KEYS`."""
+        """The sums by name: a float64 scalar tensor for each key of :data:`STATISTICS_KEYS` (and, optionally,
+        of :data:`HIGHER_STATISTICS_KEYS`)."""
         ...
 
 
@@ -91,7 +97,8 @@ def is_self_recording_activation(module: Any) -> bool:
 
 
 def read_statistics(module: SelfRecordingActivation) -> dict[str, Tensor]:
-    """``module.recorded_statistics()`` checked: every key of :data:`STATISTICS_KEYS`, each a scalar tensor."""
+    """``module.recorded_statistics()`` checked: every key of :data:`STATISTICS_KEYS` (and those of
+    :data:`HIGHER_STATISTICS_KEYS` it has), each a scalar tensor."""
     recorded = module.recorded_statistics()
     missing = [key for key in STATISTICS_KEYS if key not in recorded]
     if missing:
@@ -99,4 +106,5 @@ def read_statistics(module: SelfRecordingActivation) -> dict[str, Tensor]:
             f"{type(module).__name__}.recorded_statistics() lacks {missing}; a SelfRecordingActivation must "
             f"return the keys {list(STATISTICS_KEYS)}"
         )
-    return {key: torch.as_tensor(recorded[key]).detach().reshape(()) for key in STATISTICS_KEYS}
+    keys = STATISTICS_KEYS + tuple(key for key in HIGHER_STATISTICS_KEYS if key in recorded)
+    return {key: torch.as_tensor(recorded[key]).detach().reshape(()) for key in keys}

@@ -304,6 +304,16 @@ def select_parameters(root: nn.Module, patterns: Sequence[str] = ()) -> list[tup
     return [(n, p) for n, p in params if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
 
 
+def parameter_kinds(named_params: Sequence[tuple[str, nn.Parameter]], modules: dict[str, nn.Module],
+                    root: nn.Module) -> dict[str, str]:  # fmt: skip
+    """Parameter name -> ``<owning module's class>.<leaf>`` (``Linear.weight``): parameters of a kind share a chart."""
+    kinds = {}
+    for name, _ in named_params:
+        owner, _, leaf = name.rpartition(".")
+        kinds[name] = f"{module_class(modules.get(owner, root)).__name__}.{leaf}"
+    return kinds
+
+
 def _sample(named: Sequence[tuple[str, object]], limit: int = 12) -> str:
     names = [n for n, _ in named]
     more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""

@@ -1,11 +1,11 @@
 """Exact per-layer moments that survive data parallelism.
 
 A variance cannot be averaged across ranks. Every rank instead keeps, per layer and per tensor kind
-("slot": the input or output of an activation, a gradient, ...), the raw sums (count, sum, sum of
-squares, non-finite count) in float64; all layers are stacked in one tensor and summed across ranks
-with a single ``all_reduce(SUM)`` that every rank calls in the same order. The variance is computed
-from the reduced sums afterwards, so 2 processes report exactly what 1 process reports on the same
-global batch.
+("slot": the input or output of an activation, a gradient, ...), the raw power sums (count, sum of x,
+x^2, x^3, x^4, non-finite count) and the largest |x|, in float64; all layers are stacked in one tensor
+and pooled across ranks with a single collective that every rank calls in the same order (:func:`pool`:
+sums added, maxima maximised). Variance, kurtosis and the rest are computed from the pooled values
+afterwards, so 2 processes report exactly what 1 process reports on the same global batch.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-COUNT, SUM, SUMSQ, NONFINITE = range(4)
-_FIELDS = 4
+COUNT, SUM, SUMSQ, NONFINITE, SUM3, SUM4, ABSMAX = range(7)
+_FIELDS = 7
+MAX_FIELDS = (ABSMAX,)  # pooled by maximum; every other field by sum
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -27,10 +28,10 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 class LayerMoments:
-    """Running (count, sum, sum of squares, non-finite) for ``num_layers`` layers x ``slots`` tensor kinds.
+    """Running (count, power sums, non-finite, max |x|) for ``num_layers`` layers x ``slots`` tensor kinds.
 
-    ``add`` is called from hooks (device tensors only, no ``.item()``); ``all_reduce`` sums every rank's
-    values with one collective; the ``variance``/``mean``/... read-outs are computed from the sums.
+    ``add`` is called from hooks (device tensors only, no ``.item()``); ``all_reduce`` pools every rank's
+    values with one collective; the ``variance``/``kurtosis``/... read-outs are computed from the pools.
     """
 
     def __init__(self, num_layers: int, slots: Sequence[str], device: torch.device | str = "cpu"):
@@ -51,12 +52,13 @@ class LayerMoments:
         self.values.zero_()
         self._counts = [[0] * len(self.slots) for _ in range(self.num_layers)]
 
-    def add(self, layer: int, slot: str, x: Tensor, count_nonfinite: bool = False) -> None:
+    def add(self, layer: int, slot: str, x: Tensor, count_nonfinite: bool = False, higher: bool = False) -> None:
         """Add the moments of every element of ``x`` to ``layer``'s ``slot``, without a host sync.
 
         Sums run in float64 inside the reductions (bf16/fp16 are upcast before squaring). Non-finite values
         propagate into the sums, so a non-finite layer reads as a non-finite variance even when
-        ``count_nonfinite`` (one more pass) is off.
+        ``count_nonfinite`` (one more pass) is off. ``higher`` also adds the sums of x^3 and x^4 and the
+        largest |x| (kurtosis and outliers: three more passes).
         """
         x = x.detach()
         if x.numel() == 0:
@@ -66,6 +68,11 @@ class LayerMoments:
         cell[SUMSQ].add_(torch.linalg.vector_norm(x, ord=2, dtype=cell.dtype).square())
         if count_nonfinite:
             cell[NONFINITE].add_((~torch.isfinite(x)).sum())
+        if higher:
+            xd = x.to(cell.dtype)
+            cell[SUM3].add_(torch.sum(xd * xd * xd))
+            cell[SUM4].add_(torch.sum((xd * xd).square_()))
+            cell[ABSMAX] = torch.maximum(cell[ABSMAX], torch.linalg.vector_norm(xd, ord=float("inf")))
         self._counts[layer][self.slot(slot)] += x.numel()
 
     def _flush_counts(self) -> None:
@@ -89,19 +96,22 @@ class LayerMoments:
         for i, t in present:
             self._counts[i][s] += t.numel()
 
-    def add_raw(self, layer: int, slot: str, moments: Tensor) -> None:
-        """Add precomputed (count, sum, sum of squares, non-finite) to ``layer``'s ``slot``."""
-        self.values[layer, self.slot(slot)] += moments.to(self.values)
+    def add_raw(self, layer: int, slot: str, moments: dict[int, Tensor]) -> None:
+        """Add precomputed fields (``{COUNT: n, SUM: s, ...}``) to ``layer``'s ``slot``: sums are added, the
+        largest |x| is kept."""
+        cell = self.values[layer, self.slot(slot)]
+        for field, value in moments.items():
+            value = value.to(cell)
+            cell[field] = torch.maximum(cell[field], value) if field in MAX_FIELDS else cell[field] + value
 
     def all_reduce(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        """Sum the moments over ``group`` (the world by default): ONE collective for every layer.
+        """Pool the moments over ``group`` (the world by default): ONE collective for every layer.
 
         A no-op outside a process group. Every rank of the group must call it, in the same order as its
         other collectives, even if it saw no data (an empty FSDP shard adds zeros).
         """
         self._flush_counts()
-        if group_size(group) > 1:
-            dist.all_reduce(self.values, op=dist.ReduceOp.SUM, group=group)
+        self.values = pool(self.values, group=group, max_fields=MAX_FIELDS)
 
     def cpu(self) -> "MomentsReadout":
         """One device-to-host copy of everything, for the (cheap) read-outs that follow."""
@@ -147,11 +157,73 @@ class MomentsReadout:
         n = self.count(slot)
         return torch.where(n > 0, self._field(slot, NONFINITE) / n.clamp(min=1), torch.full_like(n, float("nan")))
 
+    def kurtosis(self, slot: str) -> Tensor:
+        """E[(x - mean)^4] / var^2 per layer (3 for a Gaussian), from the pooled power sums; NaN where the
+        variance is 0, NaN or the higher sums were not kept."""
+        n = self.count(slot).clamp(min=1)
+        m1, m2 = self._field(slot, SUM) / n, self._field(slot, SUMSQ) / n
+        m3, m4 = self._field(slot, SUM3) / n, self._field(slot, SUM4) / n
+        central4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1**4
+        var = self.variance(slot)
+        ok = (var > 0) & (m4 > 0)
+        return torch.where(ok, central4.clamp(min=0.0) / (var * var).clamp(min=torch.finfo(var.dtype).tiny), var * float("nan"))
+
+    def absmax(self, slot: str) -> Tensor:
+        """The largest |x| per layer; NaN for a layer that saw no elements."""
+        n = self.count(slot)
+        return torch.where(n > 0, self._field(slot, ABSMAX), torch.full_like(n, float("nan")))
+
 
 def group_size(group: Optional[dist.ProcessGroup] = None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def pool(values: Tensor, *, group: Optional[dist.ProcessGroup] = None, peers: Optional[Sequence[Sequence[int]]] = None,
+         max_fields: Sequence[int] = ()) -> Tensor:  # fmt: skip
+    """``values`` (``[rows, ..., fields]``) pooled over the ranks of ``group`` with ONE collective (an all-gather:
+    sums and maxima travel together): fields in ``max_fields`` take the maximum over ranks, the others the sum.
+
+    ``peers[row]`` restricts row ``row`` to those ranks of ``group`` (the shards that together make one parameter,
+    so HSDP replicas are not counted twice); by default every rank counts. Every rank of ``group`` must call it,
+    in the same order as its other collectives. A no-op (``values`` returned) outside a process group.
+    """
+    return pool_many([values], group=group, peers=[peers], max_fields=[max_fields])[0]
+
+
+def pool_many(parts: Sequence[Tensor], *, group: Optional[dist.ProcessGroup] = None,
+              peers: Optional[Sequence[Optional[Sequence[Sequence[int]]]]] = None,
+              max_fields: Optional[Sequence[Sequence[int]]] = None) -> list[Tensor]:  # fmt: skip
+    """Several tensors pooled as :func:`pool` does, with ONE collective for all: flattened into one vector,
+    gathered from every rank, split back; ``peers[i]`` and ``max_fields[i]`` apply to ``parts[i]``."""
+    size = group_size(group)
+    if size == 1 or not parts:
+        return list(parts)
+    dtype, device = parts[0].dtype, parts[0].device
+    flat = torch.cat([p.reshape(-1).to(dtype) for p in parts])
+    gathered = [torch.empty_like(flat) for _ in range(size)]
+    dist.all_gather(gathered, flat, group=group)
+    stacked_all = torch.stack(gathered)  # [ranks, total]
+    out, offset = [], 0
+    for i, part in enumerate(parts):
+        n = part.numel()
+        stacked = stacked_all[:, offset : offset + n].reshape(size, *part.shape)
+        offset += n
+        rows_peers = peers[i] if peers is not None else None
+        if rows_peers is None:
+            summed, maxed = stacked.sum(0), stacked.amax(0) if part.numel() else stacked.sum(0)
+        else:
+            mask = torch.zeros(size, part.shape[0], dtype=torch.bool)
+            for row, ranks in enumerate(rows_peers):
+                mask[list(ranks), row] = True
+            mask = mask.to(device).reshape(size, part.shape[0], *([1] * (part.dim() - 1)))
+            summed = torch.where(mask, stacked, torch.zeros((), dtype=dtype, device=device)).sum(0)
+            maxed = torch.where(mask, stacked, torch.full((), float("-inf"), dtype=dtype, device=device)).amax(0)
+        for field in (max_fields[i] if max_fields is not None else ()):
+            summed[..., field] = maxed[..., field]
+        out.append(summed.to(part.dtype))
+    return out
 
 
 # ---- which ranks hold which part of the data ---------------------------------------------------------------

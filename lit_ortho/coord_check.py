@@ -7,6 +7,10 @@ with respect to its output and its weights' update ratio ||W_after - W_before|| 
 parametrisation that keeps training stable across sizes keeps these flat against width; one that does not
 shows them growing or shrinking with it.
 
+``--config deep-mlp`` checks the setting the variance-preserving theory describes instead: a deep network
+without normalisation or residuals (:class:`DeepMLP`), fed N(0, 1) inputs, where each activation's gains
+alone decide whether activations and gradients keep their scale through depth.
+
 Writes ``OUTPUT/coord_check.csv`` (columns :data:`COLUMNS`), one PNG per activation (RMS against width,
 one line per step, one panel per kind of layer) and the same numbers to TensorBoard under ``OUTPUT/tb``.
 """
@@ -43,6 +47,56 @@ def _watched(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _rms(t: Tensor) -> float:
     return float(t.detach().double().pow(2).mean().sqrt())
+
+
+DEEP_MLP = "deep-mlp"  # the built-in config: DeepMLP on Gaussian data
+DEEP_MLP_DEPTH, DEEP_MLP_BATCH, DEEP_MLP_LR = 16, 256, 1e-3
+
+
+class DeepMLP(nn.Module):
+    """``depth`` x (Linear(width, width, no bias, weights N(0, 1/width)) -> activation), then a linear head: no
+    normalisation and no residual, so a layer's output variance is its input's times the activation's
+    forward gain E[F(x)^2], and depth multiplies the gains (the mean-field setting of the paper's init)."""
+
+    def __init__(self, width: int, depth: int, activation: str):
+        super().__init__()
+        from lit_ortho.activations import build_activation
+
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.fc = nn.Linear(width, width, bias=False)
+            nn.init.normal_(block.fc.weight, std=width**-0.5)
+            block.act = build_activation(activation)
+            self.layers.append(block)
+        self.head = nn.Linear(width, 1, bias=False)
+        nn.init.normal_(self.head.weight, std=width**-0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.layers:
+            x = block.act(block.fc(x))
+        return self.head(x)
+
+
+class _DeepMLPTask:
+    """What :func:`_train` needs of a task: ``.model`` and ``._loss(batch)`` (regression on a random teacher)."""
+
+    def __init__(self, model: DeepMLP):
+        self.model = model
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, None]:
+        x, y = batch
+        return nn.functional.mse_loss(self.model(x), y), None
+
+
+def _deep_mlp_batches(width: int, steps: int) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(12345)  # not the weights' seed (0): the same stream would correlate them
+    teacher = torch.randn(width, 1, generator=g) / math.sqrt(width)
+    batches = []
+    for _ in range(steps):
+        x = torch.randn(DEEP_MLP_BATCH, width, generator=g)
+        batches.append((x, torch.tanh(x @ teacher)))
+    return batches
 
 
 def _load_config(path: str) -> dict[str, Any]:
@@ -98,12 +152,12 @@ def _train(module, lr: float, batches: Sequence[Tensor]) -> list[dict[str, Any]]
     """Rows of (step, layer, kind, activation_rms, update_ratio, grad_rms) for each step."""
     from lit_ortho.tasks.base import parameter_groups
 
-    torch.manual_seed(0)
     model = module.model
     layers = _watched(model)
     groups = parameter_groups(model, weight_decay=0.0)
     for g in groups:
         g.pop("param_names")
+    torch.manual_seed(0)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     rows = []
     for step, batch in enumerate(batches):
@@ -147,24 +201,46 @@ def coord_check(config_path: str, widths: Sequence[int], activations: Sequence[s
     """Run the check and write its CSV, pictures and TensorBoard events; returns the CSV's path."""
     if not widths or not activations:
         raise UsageError("give at least one width (--widths 64,128) and one activation (--activation gelu)")
-    config = _load_config(config_path)
-    _gpt2_class(config)  # before any data is prepared
-    batches, vocab_size = _batches(config, steps)
+    if config_path == DEEP_MLP:
+        from lit_ortho.activations import build_activation
+
+        for activation in activations:
+            build_activation(activation)  # a bad spec fails before anything runs
+
+        def build(activation: str, width: int, depth: Optional[int]):
+            torch.manual_seed(0)
+            depth = depth or DEEP_MLP_DEPTH
+            return _DeepMLPTask(DeepMLP(width, depth, activation)), DEEP_MLP_LR, _deep_mlp_batches(width, steps), depth
+    else:
+        config = _load_config(config_path)
+        _gpt2_class(config)  # before any data is prepared
+        batches, vocab_size = _batches(config, steps)
+
+        def build(activation: str, width: int, depth: Optional[int]):
+            module, lr = _model(config, activation, width, depth, vocab_size)
+            return module, lr, batches, module.model.config.n_layer
+
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for activation in activations:
         for depth in depths:
             for width in widths:
-                module, lr = _model(config, activation, width, depth, vocab_size)
-                depth_used = module.model.config.n_layer
-                for row in _train(module, lr, batches):
+                task, lr, task_batches, depth_used = build(activation, width, depth)
+                for row in _train(task, lr, task_batches):
                     rows.append({"activation": activation, "width": width, "depth": depth_used, **row})
+    return _write(rows, out)
+
+
+def _write(rows: list[dict[str, Any]], out: Path) -> Path:
+    """The CSV (written beside, then renamed into place) and the pictures."""
     csv_path = out / "coord_check.csv"
-    with open(csv_path, "w", newline="") as f:
+    partial = csv_path.with_name(csv_path.name + ".partial")
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    partial.replace(csv_path)
     _pictures(rows, out)
     return csv_path
 
@@ -186,12 +262,13 @@ def _pictures(rows: list[dict[str, Any]], out: Path) -> None:
             for step in sorted({r["step"] for r in mine}):
                 pts = {}
                 for r in mine:
-                    if r["kind"] == kind and r["step"] == step and math.isfinite(r["activation_rms"]):
+                    if r["kind"] == kind and r["step"] == step and math.isfinite(r["activation_rms"]) and r["activation_rms"] > 0:
                         pts.setdefault(r["width"], []).append(r["activation_rms"])
                 widths = sorted(pts)
                 ax.plot(widths, [sum(pts[w]) / len(pts[w]) for w in widths], marker="o", label=f"step {step}")
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            if ax.has_data():  # every RMS of this kind may have vanished to 0 (or overflowed): nothing to log-scale
+                ax.set_yscale("log")
             ax.set_title(kind, fontsize=9)
             ax.set_xlabel("width (n_embd)")
             ax.set_ylabel("output RMS")
@@ -217,9 +294,11 @@ def _ints(text: str) -> list[int]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-ortho coord-check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="a GPT-2 training YAML (its model and data sections are used)")
+    p.add_argument("--config", required=True, help=f"a GPT-2 training YAML (its model and data sections are used), or "
+                   f"{DEEP_MLP!r}: {DEEP_MLP_DEPTH} unnormalised Linear+activation layers on Gaussian data")
     p.add_argument("--widths", type=_ints, required=True, help="n_embd values, e.g. 64,128,256")
-    p.add_argument("--depths", type=_ints, default=None, help="n_layer values (default: the config's)")
+    p.add_argument("--depths", type=_ints, default=None, help=f"n_layer values (default: the config's; {DEEP_MLP}: "
+                   f"{DEEP_MLP_DEPTH})")
     p.add_argument("--activation", action="append", required=True, help="an activation spec; repeat for several")
     p.add_argument("--steps", type=int, default=3, help="training steps per model (default: 3)")
     p.add_argument("--output", default="runs/coord", help="where the CSV, pictures and TensorBoard events go")

@@ -39,7 +39,8 @@ class TinyNet(pl.LightningModule):
     (torch.utils.checkpoint in forward) or "wrapper" (checkpoint_wrapper modules, names gain a wrapper part)."""
 
     def __init__(self, blow_up: float = 1.0, checkpointing: str = "none", act1: Optional[nn.Module] = None,
-                 act2: Optional[nn.Module] = None, compile_block1: bool = False, lr: float = LR):  # fmt: skip
+                 act2: Optional[nn.Module] = None, compile_block1: bool = False, lr: float = LR,
+                 optimizer: str = "sgd"):  # fmt: skip
         super().__init__()
         torch.manual_seed(0)
         self.head = nn.Linear(HIDDEN2, 1)
@@ -54,7 +55,8 @@ class TinyNet(pl.LightningModule):
             self.block1, self.block2 = checkpoint_wrapper(self.block1), checkpoint_wrapper(self.block2)
         if compile_block1:
             self.block1 = torch.compile(self.block1, backend="aot_eager")
-        self.checkpointing, self.lr = checkpointing, lr
+        self.checkpointing, self.lr, self.optimizer = checkpointing, lr, optimizer
+        self.hsdp = False  # FSDP2 on a (replicate, shard) mesh instead of the data-parallel dimension
 
     def configure_model(self):
         mesh = getattr(self, "_device_mesh", None)
@@ -63,6 +65,10 @@ class TinyNet(pl.LightningModule):
         from torch.distributed.fsdp import fully_shard
 
         dp = mesh["data_parallel"]
+        if self.hsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            dp = init_device_mesh("cpu", (dp.size(), 1), mesh_dim_names=("replicate", "shard"))
         for module in (self.block1, self.block2, self.head):
             fully_shard(module, mesh=dp)
         fully_shard(self, mesh=dp)
@@ -84,6 +90,8 @@ class TinyNet(pl.LightningModule):
         self(x * 100.0)  # very different statistics: would show if validation leaked into the training values
 
     def configure_optimizers(self):
+        if self.optimizer == "fused-adamw":  # updates computed inside one kernel: only the weights tell
+            return torch.optim.AdamW(self.parameters(), lr=self.lr, fused=True)
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
@@ -127,7 +135,7 @@ def trainer(log_dir: Path, callbacks: list, max_steps: int, **kwargs) -> pl.Trai
         logger=TensorBoardLogger(str(log_dir), name="", version=""),
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
         num_sanity_val_steps=kwargs.pop("num_sanity_val_steps", 0),
         limit_val_batches=kwargs.pop("limit_val_batches", 0),
         **kwargs,
@@ -138,13 +146,23 @@ def population_var(t: torch.Tensor) -> float:
     return torch.var(t.detach().double(), unbiased=False).item()
 
 
+def kurtosis(t: torch.Tensor) -> float:
+    """E[(x - mean)^4] / var^2 from the centred values (the callbacks pool raw power sums instead)."""
+    d = t.detach().double().reshape(-1)
+    d = d - d.mean()
+    return (d**4).mean().item() / (d**2).mean().item() ** 2
+
+
 def replay(
-    num_steps: int, accumulate: int = 1, precision: Optional[str] = None, model: Optional[TinyNet] = None
+    num_steps: int, accumulate: int = 1, precision: Optional[str] = None, model: Optional[TinyNet] = None,
+    clip: Optional[float] = None,
 ) -> list[dict]:
     """Train TinyNet on the same batches with a plain PyTorch loop and compute every statistic directly:
-    per step, {tag: value} with the tags the callbacks log."""
+    per step, {tag: value} with the tags the callbacks log. ``clip``: gradients clipped to that norm."""
     model = model or TinyNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=model.lr)
+    optimizer = model.configure_optimizers()
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    owners = dict(model.named_modules())
     x_all, y_all = make_data()
     micro = GLOBAL_BATCH // accumulate
     steps = []
@@ -173,14 +191,29 @@ def replay(
             values[f"activation_variance/{layer}"] = population_var(cat[out])
             values[f"activation_mean/{layer}"] = cat[out].double().mean().item()
             values[f"activation_gain/{layer}"] = population_var(cat[out]) / population_var(cat[inp])
+            values[f"activation_kurtosis/{layer}"] = kurtosis(cat[out])
+            values[f"activation_absmax/{layer}"] = cat[out].double().abs().max().item()
             grad_in, grad_out = cat[inp + ".grad"], cat[out + ".grad"]
             values[f"activation_grad_variance/{layer}"] = population_var(grad_in)
             values[f"activation_grad_gain/{layer}"] = population_var(grad_in) / population_var(grad_out)
         for name, p in model.named_parameters():
             if p.numel() > 1:  # a 1-element tensor has no spread: not logged
                 values[f"gradient_variance/{name.replace('_orig_mod.', '')}"] = population_var(p.grad)
-        steps.append(values)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
         optimizer.step()
+        for name, p in model.named_parameters():  # ParameterUpdateMonitor: norms of differences, in float64
+            tag = name.replace("_orig_mod.", "")
+            w, w0, wb = p.detach().double(), initial[name].double(), before[name].double()
+            values[f"update_ratio/{tag}"] = ((w - wb).norm() / wb.norm()).item()
+            values[f"parameter_drift/{tag}"] = ((w - w0).norm() / w0.norm()).item()
+            if hasattr(owners[name.rpartition(".")[0]], "record_statistics"):  # a learnable activation's coefficients
+                for k, (v, g) in enumerate(zip(w.reshape(-1).tolist(), grads[name].double().reshape(-1).tolist())):
+                    values[f"coefficient/{tag}/{k}"] = v
+                    values[f"coefficient_grad/{tag}/{k}"] = g
+        steps.append(values)
     return steps
 
 
@@ -224,9 +257,10 @@ class ShardReport(pl.Callback):
         from torch.distributed.tensor import DTensor
 
         report = {
-            name: {"dtensor": isinstance(p, DTensor), "local_numel": local_numel(p)}
+            name: {"dtensor": isinstance(p, DTensor), "local_numel": local_numel(p),
+                   "placements": [str(q) for q in p.placements] if isinstance(p, DTensor) else []}
             for name, p in pl_module.named_parameters()
-        }
+        }  # fmt: skip
         report["strategy"] = type(trainer.strategy).__name__
         (self.out_dir / f"params-rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
@@ -257,10 +291,11 @@ def distributed_run_model() -> TinyNet:
 
 
 def distributed_run_callbacks() -> list:
-    from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
+    from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor, ParameterUpdateMonitor
 
     return [
         ActivationVarianceMonitor(every_n_steps=1, image_every_n_steps=0),
         GradientVarianceMonitor(every_n_steps=1, image_every_n_steps=0, activation_gradients=True),
+        ParameterUpdateMonitor(every_n_steps=1, image_every_n_steps=0),
         ActivationShapeMonitor(every_n_steps=1),
     ]

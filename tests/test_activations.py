@@ -304,10 +304,13 @@ def test_statistics_accumulate_only_when_asked():
     module.record_statistics = True
     y = module(x)
     module(x)
-    count, s_in, s2_in, s_out, s2_out, bad = module.statistics.tolist()
-    assert count == 2000 and bad == 0
-    assert s_in == pytest.approx(2 * float(x.double().sum()), rel=1e-9)
-    assert s2_out == pytest.approx(2 * float((y.detach().double() ** 2).sum()), rel=1e-6)
+    stats = {k: float(v) for k, v in module.recorded_statistics().items()}
+    assert stats["count"] == 2000 and stats["output_nonfinite"] == 0
+    yd = y.detach().double()
+    assert stats["input_sum"] == pytest.approx(2 * float(x.double().sum()), rel=1e-9)
+    assert stats["output_sum_of_squares"] == pytest.approx(2 * float((yd**2).sum()), rel=1e-6)
+    assert stats["output_sum_of_fourth_powers"] == pytest.approx(2 * float((yd**4).sum()), rel=1e-6)
+    assert stats["output_absmax"] == float(yd.abs().max())  # a running maximum, not a sum
     module.reset_statistics()
     assert float(module.statistics.abs().sum()) == 0.0
 

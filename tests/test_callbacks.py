@@ -17,7 +17,7 @@ from torch import nn
 
 import lightning.pytorch as pl
 
-from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
+from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor, ParameterUpdateMonitor
 from launch import free_port, run, script
 
 _spec = importlib.util.spec_from_file_location("_callback_helpers", Path(__file__).with_name("_callback_helpers.py"))
@@ -45,6 +45,7 @@ def monitors(every: int = 1, image_every: int = 0, **alerts):
         GradientVarianceMonitor(
             every_n_steps=every, image_every_n_steps=image_every, activation_gradients=True, **alerts
         ),
+        ParameterUpdateMonitor(every_n_steps=every, image_every_n_steps=image_every),
     ]
 
 
@@ -158,7 +159,7 @@ def assert_same_scalars(got: dict, want: dict, prefixes: tuple[str, ...]) -> Non
             assert_close(got[tag][step], value, 1e-5, f"{tag} at step {step}")
 
 
-ALL_STATISTICS = ("activation_", "gradient_variance")  # activation_shape_* gains included
+ALL_STATISTICS = ("activation_", "gradient_variance", "update_ratio", "parameter_drift", "coefficient")
 
 
 @pytest.mark.multiprocess
@@ -167,6 +168,10 @@ def test_ddp_two_processes_equal_one_process(tmp_path, single_process_scalars):
     """DDP on 2 CPU processes (gloo), each with half of every global batch, logs what 1 process logs."""
     run_two_processes("ddp", tmp_path)
     assert_same_scalars(helpers.read_scalars(tmp_path), single_process_scalars, ALL_STATISTICS)
+    for rank in (0, 1):  # replicas: each parameter is pooled over its own rank only; W0 saved once
+        report = json.loads((tmp_path / f"peers-rank{rank}.json").read_text())
+        assert set(map(tuple, report["peers"].values())) == {(rank,)}
+        assert report["saved_parts"] == 1 and report["reloaded"]
 
     # Not vacuous: ranks hold samples of different mean and scale, so averaging per-rank variances would be off.
     model, (x, _) = helpers.TinyNet(), helpers.make_data()
@@ -190,6 +195,26 @@ def test_fsdp2_gradient_variance_equals_single_process(tmp_path, single_process_
     assert shards[0]["block2.fc.weight"]["local_numel"] == 3 * helpers.HIDDEN1  # 5 rows -> 3 + 2
     assert shards[1]["head.weight"]["local_numel"] == 0  # 1 row: rank 1 holds nothing and still joins
     assert_same_scalars(helpers.read_scalars(tmp_path), single_process_scalars, ALL_STATISTICS)
+    for rank in (0, 1):  # every parameter's shards are on both ranks; W0's parts of both go to the checkpoint
+        report = json.loads((tmp_path / f"peers-rank{rank}.json").read_text())
+        assert set(map(tuple, report["peers"].values())) == {(0, 1)}
+        assert report["saved_parts"] == 2 and report["reloaded"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_hsdp_replicas_are_not_counted_twice(tmp_path, single_process_scalars):
+    """FSDP2 on a (replicate 2, shard 1) mesh (hybrid sharding): every parameter is a DTensor replicated over
+    the two ranks; each rank pools its parameters over its shard group only (itself), and every statistic,
+    update ratios, drift and activation coefficients included, equals 1 process."""
+    run_two_processes("hsdp", tmp_path)
+    shards = [json.loads((tmp_path / f"params-rank{r}.json").read_text()) for r in (0, 1)]
+    assert shards[0]["block2.fc.weight"]["placements"] == ["R", "S(0)"]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"peers-rank{rank}.json").read_text())
+        assert set(map(tuple, report["peers"].values())) == {(rank,)}
+        assert report["saved_parts"] == 1 and report["reloaded"]
+    assert_same_scalars(helpers.read_scalars(tmp_path), single_process_scalars, ALL_STATISTICS)
 
 
 @pytest.mark.multiprocess
@@ -205,6 +230,10 @@ def test_fsdp1_flat_shards_equal_single_process(tmp_path, single_process_scalars
     assert shards[0]["block1._fsdp_wrapped_module.fc.bias"]["local_numel"] == 0
     assert shards[1]["head.weight"]["local_numel"] == 0
     assert_same_scalars(helpers.read_scalars(tmp_path), single_process_scalars, ALL_STATISTICS)
+    for rank in (0, 1):  # the FSDP1 shard group; W0's slices of both ranks go to the checkpoint
+        report = json.loads((tmp_path / f"peers-rank{rank}.json").read_text())
+        assert set(map(tuple, report["peers"].values())) == {(0, 1)}
+        assert report["saved_parts"] == 2 and report["reloaded"]
 
 
 # ---- alerts -------------------------------------------------------------------------------------------------
@@ -349,7 +378,7 @@ def test_depth_images_and_custom_scalar_layout(tmp_path):
         helpers.TinyNet(), helpers.loader(helpers.GLOBAL_BATCH)
     )
     images = helpers.read_images(tmp_path)
-    series = ("activation_variance", "gradient_variance", "activation_grad_variance")
+    series = ("activation_variance", "gradient_variance", "activation_grad_variance", "update_ratio", "parameter_drift")
     assert set(images) == {f"{s}/by_depth" for s in series}
     for events in images.values():
         assert [e.step for e in events] == [1, 3]
@@ -385,14 +414,68 @@ def test_state_survives_checkpoint(tmp_path):
     assert restored.state_dict()["history"]["activation_variance"]["steps"] == [0, 1]
 
 
+@pytest.mark.parametrize("optimizer, clip", [("fused-adamw", None), ("sgd", 0.05)], ids=["fused-adamw", "sgd-clipped"])
+def test_update_ratio_is_the_real_update(tmp_path, optimizer, clip):
+    """bf16-mixed with a fused AdamW (the update happens inside one kernel; Lightning allows no clipping there) or
+    with SGD and gradient clipping: the logged update ratio and drift equal those of a plain loop that steps
+    (and clips) the same way."""
+    monitor = ParameterUpdateMonitor(every_n_steps=1, image_every_n_steps=0)
+    trainer = helpers.trainer(tmp_path, [monitor], max_steps=3, precision="bf16-mixed", gradient_clip_val=clip)
+    trainer.fit(helpers.TinyNet(optimizer=optimizer, lr=1e-2), helpers.loader(helpers.GLOBAL_BATCH))
+    scalars = helpers.read_scalars(tmp_path)
+    reference = helpers.replay(3, precision="bf16-mixed", model=helpers.TinyNet(optimizer=optimizer, lr=1e-2), clip=clip)
+    reference = [{k: v for k, v in r.items() if k.startswith(("update_ratio", "parameter_drift"))} for r in reference]
+    assert_matches_replay(scalars, reference, range(3), rel=1e-4)
+    w = helpers.TinyNet().block1.fc.weight.detach()
+    if optimizer == "fused-adamw":  # Adam's first step moves every weight by ~lr: ratio ~ lr sqrt(n) / ||W||
+        assert scalars["update_ratio/block1.fc.weight"][0] == pytest.approx(1e-2 * w.numel() ** 0.5 / w.norm().item(), rel=0.05)
+    else:  # clipped: the whole update's norm is lr x 0.05 at most
+        assert scalars["update_ratio/block1.fc.weight"][0] <= 1e-2 * 0.05 / w.norm().item() * 1.001
+
+
+def test_drift_continues_across_a_resume(tmp_path):
+    """W0 is kept in the checkpoint: a run stopped after 4 steps and resumed logs, at steps 4-5, the drift of
+    the uninterrupted 6-step run (from the first run's initial weights, not the resumed ones). One batch per
+    epoch: Lightning restarts a plain DataLoader on resume, so only then is the resumed data the same."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def monitor():
+        return ParameterUpdateMonitor(every_n_steps=1, image_every_n_steps=0)
+
+    def one_batch():
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*helpers.make_data(helpers.GLOBAL_BATCH)),
+                                           batch_size=helpers.GLOBAL_BATCH)  # fmt: skip
+
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    helpers.trainer(whole, [monitor()], max_steps=6).fit(helpers.TinyNet(), one_batch())
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    helpers.trainer(first, [monitor(), save], max_steps=4, enable_checkpointing=True).fit(helpers.TinyNet(), one_batch())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        helpers.trainer(second, [monitor()], max_steps=6).fit(
+            helpers.TinyNet(), one_batch(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+        )
+    assert not [w for w in caught if "initial weights are not used" in str(w.message)]
+    want, got = helpers.read_scalars(whole), helpers.read_scalars(second)
+    tags = [t for t in want if t.startswith("parameter_drift/")]
+    assert len(tags) == 6
+    for tag in tags:
+        assert sorted(got[tag]) == [4, 5], tag
+        for step in (4, 5):
+            assert_close(got[tag][step], want[tag][step], 1e-6, f"{tag} at {step}")
+    assert want["parameter_drift/head.weight"][5] > want["parameter_drift/head.weight"][0] > 0
+
+
 # ---- lit_ortho activations: compiled models and the shape monitor -----------------------------------------------
 def test_compiled_block_counts_through_lit_ortho_statistics(tmp_path):
     """In a torch.compile'd block hooks are ignored: the Hermite activation there records its own sums and
-    its logged statistics equal the eager computation; a GELU there is reported as not monitored."""
+    its logged statistics (kurtosis and absmax included) equal the eager computation, and so do its
+    coefficients' values and gradients; a GELU there is reported as not monitored."""
     from lit_ortho.activations import HermiteActivation
 
     callbacks = [ActivationVarianceMonitor(every_n_steps=1, image_every_n_steps=0),
-                 GradientVarianceMonitor(every_n_steps=1, image_every_n_steps=0)]  # fmt: skip
+                 GradientVarianceMonitor(every_n_steps=1, image_every_n_steps=0),
+                 ParameterUpdateMonitor(every_n_steps=1, image_every_n_steps=0)]  # fmt: skip
     model = helpers.TinyNet(act1=HermiteActivation(3), compile_block1=True)
     helpers.trainer(tmp_path / "hermite", callbacks, max_steps=2).fit(model, helpers.loader(helpers.GLOBAL_BATCH))
     reference = helpers.replay(2, model=helpers.TinyNet(act1=HermiteActivation(3)))

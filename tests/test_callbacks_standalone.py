@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
-from callbacks.protocol import STATISTICS_KEYS, SelfRecordingActivation, is_self_recording_activation, read_statistics
+from callbacks.protocol import (
+    HIGHER_STATISTICS_KEYS,
+    STATISTICS_KEYS,
+    SelfRecordingActivation,
+    is_self_recording_activation,
+    read_statistics,
+)
 from launch import run, script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,10 +100,14 @@ def test_lit_ortho_activations_implement_the_protocol_and_are_watched():
     y = act(x)
     act.record_statistics = False
     stats = read_statistics(act)
-    assert set(stats) == set(STATISTICS_KEYS)
+    assert set(stats) == set(STATISTICS_KEYS) | set(HIGHER_STATISTICS_KEYS)  # lit_ortho keeps the optional ones
     assert stats["count"].item() == x.numel()
     assert stats["input_sum_of_squares"].item() == pytest.approx((x * x).sum().item())
-    assert stats["output_sum"].item() == pytest.approx(y.detach().double().sum().item())
+    yd = y.detach().double()
+    assert stats["output_sum"].item() == pytest.approx(yd.sum().item())
+    assert stats["output_sum_of_cubes"].item() == pytest.approx((yd**3).sum().item())
+    assert stats["output_sum_of_fourth_powers"].item() == pytest.approx((yd**4).sum().item())
+    assert stats["output_absmax"].item() == yd.abs().max().item()
     assert stats["output_nonfinite"].item() == 0
 
 
@@ -133,8 +143,8 @@ class ScaledTanh(nn.Module):
 
 def test_other_library_activation_recorded_inside_compiled_block(tmp_path):
     """An activation implementing the protocol (not lit_ortho's) in a torch.compile'd block is watched there
-    through its own sums, read by name, and the logged statistics equal the eager computation; the shape
-    monitor draws it and logs its gains."""
+    through its own sums, read by name, and the logged statistics equal the eager computation (the kurtosis and
+    absmax it keeps no sums for are not logged); the shape monitor draws it and logs its gains."""
     callbacks_ = [ActivationVarianceMonitor(every_n_steps=1, image_every_n_steps=0),
                   ActivationShapeMonitor(every_n_steps=1)]  # fmt: skip
     model = helpers.TinyNet(act1=ScaledTanh(), compile_block1=True)
@@ -146,6 +156,9 @@ def test_other_library_activation_recorded_inside_compiled_block(tmp_path):
             if tag.startswith(("activation_variance/", "activation_mean/", "activation_gain/")):
                 assert scalars[tag][step] == pytest.approx(want, rel=1e-5, abs=1e-12), (tag, step)
     assert model.block1.act.record_statistics is False and not model.block1.act.sums.any()
+    # It keeps none of the optional higher sums: no kurtosis or absmax for it (not zeros), the eager layer has them.
+    assert "activation_kurtosis/block1.act" not in scalars and "activation_absmax/block1.act" not in scalars
+    assert scalars["activation_absmax/block2.act"][1] == pytest.approx(reference[1]["activation_absmax/block2.act"], rel=1e-6)
     # E[(1.3 tanh x)^2] at the start: the shape monitor's quadrature on the module as it is.
     x = torch.linspace(-12, 12, 240_001, dtype=torch.float64)
     density = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)

@@ -321,7 +321,7 @@ def test_both_names_give_the_same_classes_in_either_import_order(tmp_path):
 # ---- 3. pictures ----------------------------------------------------------------------------------------------------
 def test_depth_picture_labels_layers_by_name_and_kind(tmp_path):
     """Layer names (shared prefix dropped, long ones elided in the middle) on the depth axis and on the heat map,
-    tick labels coloured by kind with a legend of kinds, a colour bar in log10(variance)."""
+    tick labels coloured by kind with a legend of kinds, a colour bar in log10 of what is shown."""
     names = ["model.embeddings.word_embeddings"] + [
         f"model.encoder.layer.{i}.{part}" for i in range(2)
         for part in ("attention.self.query", "attention.output.dense", "intermediate.dense",
@@ -351,8 +351,11 @@ def test_depth_picture_labels_layers_by_name_and_kind(tmp_path):
     legend = [t.get_text() for t in depth_ax.get_legend().get_texts()]
     assert legend == ["Embedding", "Linear", "GELUActivation", "Conv1d", "non-finite"]
     colorbar_ax = fig.axes[2]
-    assert "log10(variance)" in colorbar_ax.get_ylabel()
+    assert "log10(activation variance)" in colorbar_ax.get_ylabel()
+    assert "activation variance" in depth_ax.get_xlabel()
     assert "model." in fig.get_suptitle()
+    other = plots.build_depth_figure("update_ratio", names, current, steps, history, 19, kinds=kinds)
+    assert "log10(update ratio)" in other.axes[2].get_ylabel()  # each picture says what it shows
     assert (tmp_path / "depth.png").stat().st_size > 10_000
 
     rgb = plots.depth_figure("activation_variance", names, current, steps, history, 19, kinds=kinds)

@@ -76,18 +76,17 @@ def _cli(tmp_path, fragment: str, *extra: str):
 def check_callbacks_yaml(code: str, tmp_path: Path) -> None:
     """The monitors' fragment: instantiated with its arguments, and on lit-ortho's own GPT-2 it logs what it
     promises (its globs match, the Linear layers are watched, parameters filtered to weights)."""
-    from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor
+    from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor, ParameterUpdateMonitor
     from lit_ortho.cli import main
 
     raw = yaml.safe_load(code)
     cli = _cli(tmp_path, code)
-    kinds = (ActivationVarianceMonitor, GradientVarianceMonitor, ActivationShapeMonitor)
+    kinds = (ActivationVarianceMonitor, GradientVarianceMonitor, ParameterUpdateMonitor, ActivationShapeMonitor)
     monitors = {type(cb): cb for cb in cli.trainer.callbacks if isinstance(cb, kinds)}
     # the fragment's list replaces the config's: each monitor once, with the fragment's arguments
     assert sum(isinstance(cb, kinds) for cb in cli.trainer.callbacks) == len(monitors) == len(raw["trainer"]["callbacks"])
     for entry in raw["trainer"]["callbacks"]:
-        cls = {c.__name__: c for c in (ActivationVarianceMonitor, GradientVarianceMonitor, ActivationShapeMonitor)}[
-            entry["class_path"].rsplit(".", 1)[1]]  # fmt: skip
+        cls = {c.__name__: c for c in kinds}[entry["class_path"].rsplit(".", 1)[1]]
         cb = monitors[cls]
         for key, value in (entry.get("init_args") or {}).items():
             if key in ("low", "high", "stop_on_alert"):
@@ -109,6 +108,10 @@ def check_callbacks_yaml(code: str, tmp_path: Path) -> None:
     assert grads and all(name.endswith(".weight") for name in grads)
     assert any(tag.startswith("activation_grad_variance/") for tag in scalars)
     assert any(tag.startswith("activation_shape_forward_gain/") for tag in scalars)
+    updates = {tag.split("/", 1)[1] for tag in scalars if tag.startswith("update_ratio/")}
+    assert "model.transformer.h.0.mlp.c_fc.weight" in updates and "model.transformer.h.1.mlp.act.coefficients" in updates
+    assert not any(name.endswith(".bias") for name in updates)  # the fragment's parameter globs
+    assert any(tag.startswith("coefficient/model.transformer.h.0.mlp.act.coefficients/") for tag in scalars)
 
 
 def check_strategy_yaml(code: str, tmp_path: Path) -> None:
@@ -190,7 +193,16 @@ def check_fine_tune(ns: dict, tmp_path: Path) -> None:
 
 def check_callbacks(ns: dict, tmp_path: Path) -> None:
     names = {type(cb).__name__ for cb in ns["trainer"].callbacks}
-    assert {"ActivationVarianceMonitor", "GradientVarianceMonitor", "ActivationShapeMonitor"} <= names
+    assert {"ActivationVarianceMonitor", "GradientVarianceMonitor", "ParameterUpdateMonitor", "ActivationShapeMonitor"} <= names
+
+
+def check_watch(ns: dict, tmp_path: Path) -> None:
+    """The plain-PyTorch block recorded its last enabled step (50) with the documented keys."""
+    flat = ns["flat"]
+    assert ns["step"] == 99 and flat is not None
+    for tag in ("activation_variance/1", "activation_kurtosis/1", "activation_absmax/1", "gradient_variance/0.weight",
+                "update_ratio/0.weight", "parameter_drift/2.weight"):
+        assert tag in flat and flat[tag] > 0, tag
 
 
 # (a line that identifies the block, files to make first, what to check after)
@@ -200,6 +212,7 @@ PYTHON_CHECKS = [
     ("from lit_ortho.data import TextDataModule", None, check_from_python),
     ('GPT.from_pretrained("checkpoints/gpt2")', make_hf_checkpoints, check_fine_tune),
     ("ActivationVarianceMonitor(high=1e4)", None, check_callbacks),
+    ("stats = StepStatistics(model)", None, check_watch),
 ]
 
 
@@ -239,7 +252,7 @@ def test_convnext_cpu_config_has_the_gpt2_configs_monitors():
         raw = yaml.safe_load(path.read_text())
         return [c for c in raw["trainer"]["callbacks"] if c["class_path"].startswith("callbacks.")], raw["trainer"]["max_steps"]
 
-    assert monitors(CONVNEXT_CPU) == monitors(GPT2_CPU) and len(monitors(GPT2_CPU)[0]) == 3
+    assert monitors(CONVNEXT_CPU) == monitors(GPT2_CPU) and len(monitors(GPT2_CPU)[0]) == 4
 
 
 @pytest.mark.parametrize("config", [GPT2_CPU], ids=lambda p: p.name)
@@ -252,7 +265,8 @@ def test_cpu_configs_monitors_show_in_tensorboard_within_the_run(config, tmp_pat
     raw = yaml.safe_load(config.read_text())
     monitors = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args") or {} for c in raw["trainer"]["callbacks"]
                 if c["class_path"].startswith("callbacks.")}  # fmt: skip
-    assert set(monitors) == {"ActivationVarianceMonitor", "GradientVarianceMonitor", "ActivationShapeMonitor"}
+    assert set(monitors) == {"ActivationVarianceMonitor", "GradientVarianceMonitor", "ParameterUpdateMonitor",
+                             "ActivationShapeMonitor"}  # fmt: skip
     assert raw["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
     steps = raw["trainer"]["max_steps"]
     monkeypatch.chdir(tmp_path)
@@ -275,6 +289,11 @@ def test_cpu_configs_monitors_show_in_tensorboard_within_the_run(config, tmp_pat
     if gvm.get("activation_gradients"):
         assert any(t.startswith("activation_grad_variance/") for t in scalars)
     assert any(t.startswith("activation_shape_forward_gain/") for t in scalars)
+    pum = monitors["ParameterUpdateMonitor"]
+    for signal in ("update_ratio", "parameter_drift", "coefficient", "activation_kurtosis", "activation_absmax"):
+        tags = [t for t in scalars if t.startswith(signal + "/")]
+        every_signal = pum["every_n_steps"] if signal in ("update_ratio", "parameter_drift", "coefficient") else every
+        assert tags and all(sorted(scalars[t]) == [s for s in range(steps) if (s + 1) % every_signal == 0] for t in tags), signal
     for tag in ("activation_variance/by_depth", "gradient_variance/by_depth", "activation_shape/curves"):
         assert images.get(tag), f"no {tag} picture within {steps} steps"
     assert {e.step for e in images["activation_variance/by_depth"]} == {

@@ -69,7 +69,7 @@ class LearnableActivation(nn.Module):
         self.backend = check_choice(backend, BACKENDS, f"{self.family} backend")
         self.init = self._check_init(init)
         self.record_statistics = False
-        self.register_buffer("statistics", torch.zeros(6, dtype=torch.float64), persistent=False)
+        self.register_buffer("statistics", torch.zeros(len(self.STATISTICS_KEYS), dtype=torch.float64), persistent=False)
         self._create_parameters()
         self.reset_parameters()
 
@@ -166,26 +166,34 @@ class LearnableActivation(nn.Module):
         return values
 
     def _accumulate_statistics(self, x: Tensor, y: Tensor) -> None:
-        """Add (count, sum, sum of squares) of input and output: compile-friendly, no host sync."""
+        """Add the input's and output's power sums (and keep the largest |output|): compile-friendly, no
+        host sync."""
         xd, yd = x.detach().double(), y.detach().double()
+        absmax = torch.linalg.vector_norm(yd, ord=float("inf"))
         finite = torch.isfinite(yd)
         yd = torch.where(finite, yd, torch.zeros_like(yd))
-        self.statistics += torch.stack(
+        y2 = yd * yd
+        sums = torch.stack(
             [
                 torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device),
                 xd.sum(),
                 (xd * xd).sum(),
                 yd.sum(),
-                (yd * yd).sum(),
+                y2.sum(),
                 (~finite).sum().double(),
+                (y2 * yd).sum(),
+                (y2 * y2).sum(),
             ]
         )
+        self.statistics[:-1] += sums
+        self.statistics[-1] = torch.maximum(self.statistics[-1], absmax)
 
     def reset_statistics(self) -> None:
         self.statistics.zero_()
 
     # The monitors' protocol (``callbacks``): statistics by name, never by position.
-    STATISTICS_KEYS = ("count", "input_sum", "input_sum_of_squares", "output_sum", "output_sum_of_squares", "output_nonfinite")
+    STATISTICS_KEYS = ("count", "input_sum", "input_sum_of_squares", "output_sum", "output_sum_of_squares", "output_nonfinite",
+                       "output_sum_of_cubes", "output_sum_of_fourth_powers", "output_absmax")
 
     def recorded_statistics(self) -> dict[str, Tensor]:
         """The sums kept while ``record_statistics`` is on, by name (float64 scalars)."""

@@ -87,6 +87,8 @@ del _name, _module
 ActivationShapeMonitor = _impl.ActivationShapeMonitor
 ActivationVarianceMonitor = _impl.ActivationVarianceMonitor
 GradientVarianceMonitor = _impl.GradientVarianceMonitor
+ParameterUpdateMonitor = _impl.ParameterUpdateMonitor
 SelfRecordingActivation = _impl.SelfRecordingActivation
 
-__all__ = ["ActivationShapeMonitor", "ActivationVarianceMonitor", "GradientVarianceMonitor", "SelfRecordingActivation"]
+__all__ = ["ActivationShapeMonitor", "ActivationVarianceMonitor", "GradientVarianceMonitor", "ParameterUpdateMonitor",
+           "SelfRecordingActivation"]
