@@ -276,6 +276,10 @@ def _compare(values: list[float], base: list[float]) -> tuple[float, float]:
     return m - mb, se
 
 
+# Everything from this line on in the report is kept when the report is regenerated.
+KEEP_MARKER = "<!-- below: kept when compare_activations.py rewrites this file -->"
+
+
 def write_report(a, jobs) -> Path:
     import compare_activations
 
@@ -649,5 +653,12 @@ def write_report(a, jobs) -> Path:
     if summary:
         L[summary_at:summary_at] = ["## In short", ""] + [f"- {line}" for line in summary] + [
             "", "Details, figures and caveats below; what the numbers do not show is at the end.", ""]
-    report.write_text("\n".join(L))
+    kept = ""
+    if report.exists():  # sections other tools wrote below the marker (the coordinate check) stay
+        old = report.read_text()
+        if KEEP_MARKER in old:
+            kept = "\n" + old[old.index(KEEP_MARKER):]
+    partial = report.with_name(report.name + ".partial")
+    partial.write_text("\n".join(L) + kept)
+    partial.replace(report)
     return report

@@ -8,9 +8,10 @@
 Configurations, each one training run of ``--steps`` timed steps (after ``--warmup``) from the same seed:
 
 - ``baseline``: no monitor.
-- ``every_n_steps=N`` (``--every``): ActivationVarianceMonitor + GradientVarianceMonitor (activation gradients
-  included) logging scalars every N steps, no pictures: the cost of a logged step and, on the other steps, of
-  the monitors' mere presence.
+- ``every_n_steps=N`` (``--every``): ActivationVarianceMonitor (kurtosis and absmax included) +
+  GradientVarianceMonitor (activation gradients included) + ParameterUpdateMonitor (update ratio, drift,
+  coefficients) logging scalars every N steps, no pictures: the cost of a logged step and, on the other steps,
+  of the monitors' mere presence.
 - ``config``: exactly the monitors of the config's ``trainer.callbacks`` (their cadence, pictures and
   ActivationShapeMonitor included), as ``lit-ortho fit --config ...`` runs them.
 
@@ -60,10 +61,15 @@ import torch  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
-from callbacks import ActivationShapeMonitor, ActivationVarianceMonitor, GradientVarianceMonitor  # noqa: E402
+from callbacks import (  # noqa: E402
+    ActivationShapeMonitor,
+    ActivationVarianceMonitor,
+    GradientVarianceMonitor,
+    ParameterUpdateMonitor,
+)
 from callbacks import reporting  # noqa: E402
 
-MONITORS = (ActivationVarianceMonitor, GradientVarianceMonitor, ActivationShapeMonitor)
+MONITORS = (ActivationVarianceMonitor, GradientVarianceMonitor, ParameterUpdateMonitor, ActivationShapeMonitor)
 DEFAULT_CONFIG = REPO / "cli_configs" / "gpt2_cpu.yaml"
 
 
@@ -145,7 +151,8 @@ def monitors_for(row: str, every: int | None, config_monitors: list) -> list:
     if row == "config":
         return config_monitors
     return [ActivationVarianceMonitor(every_n_steps=every, image_every_n_steps=0),
-            GradientVarianceMonitor(every_n_steps=every, activation_gradients=True, image_every_n_steps=0)]  # fmt: skip
+            GradientVarianceMonitor(every_n_steps=every, activation_gradients=True, image_every_n_steps=0),
+            ParameterUpdateMonitor(every_n_steps=every, image_every_n_steps=0)]  # fmt: skip
 
 
 def logged_steps(monitors: list, log_every: int, total: int) -> set[int]:

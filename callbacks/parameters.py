@@ -174,21 +174,23 @@ class ParameterStatistics:
             )
 
     def after_step(self) -> None:
-        """Compute this rank's sums after the step (no host sync): one row of squared norms per parameter."""
+        """Compute this rank's sums after the step (no host sync): one row of squared norms per parameter,
+        with a few fused multi-tensor kernels (empty shards add zeros)."""
         dtype = accumulation_dtype(self.device)
-        rows = torch.zeros(len(self.params), _FIELDS, dtype=dtype, device=self.device)
-        for i, w in enumerate(self._locals()):
-            if w.numel() == 0:
-                continue
-            if self._before is not None:
-                before = self._before[i]
-                rows[i, UPDATE_SQ] = torch.linalg.vector_norm(w - before, dtype=dtype).square()
-                rows[i, BEFORE_SQ] = torch.linalg.vector_norm(before, dtype=dtype).square()
-            if self.drift and self.initial is not None:
-                w0 = self.initial[i].to(w.device, non_blocking=True)
-                rows[i, DRIFT_SQ] = torch.linalg.vector_norm(w - w0, dtype=dtype).square()
-                rows[i, INITIAL_SQ] = torch.linalg.vector_norm(w0, dtype=dtype).square()
-        self._rows, self._before = rows, None
+        current = self._locals()
+        columns = [torch.zeros(len(current), dtype=dtype, device=self.device) for _ in range(_FIELDS)]
+
+        def squared_norms(tensors: list) -> torch.Tensor:
+            return torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)).to(self.device).square()
+
+        if current and self._before is not None:
+            columns[UPDATE_SQ] = squared_norms(torch._foreach_sub(current, self._before))
+            columns[BEFORE_SQ] = squared_norms(self._before)
+        if current and self.drift and self.initial is not None:
+            initial = [w0.to(w.device, non_blocking=True) for w0, w in zip(self.initial, current)]
+            columns[DRIFT_SQ] = squared_norms(torch._foreach_sub(current, initial))
+            columns[INITIAL_SQ] = squared_norms(initial)
+        self._rows, self._before = torch.stack(columns, dim=1), None
 
     def _coefficient_parts(self) -> list[Tensor]:
         """Each coefficient's values and gradient as whole flat tensors, this rank's span filled, zeros elsewhere."""

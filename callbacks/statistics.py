@@ -58,7 +58,8 @@ class LayerMoments:
         Sums run in float64 inside the reductions (bf16/fp16 are upcast before squaring). Non-finite values
         propagate into the sums, so a non-finite layer reads as a non-finite variance even when
         ``count_nonfinite`` (one more pass) is off. ``higher`` also adds the sums of x^3 and x^4 and the
-        largest |x| (kurtosis and outliers: three more passes).
+        largest |x| (kurtosis and outliers: a few more passes; the powers are taken in float32, so an output
+        beyond ~1e9, already a broken layer, reads as an infinite kurtosis).
         """
         x = x.detach()
         if x.numel() == 0:
@@ -69,10 +70,12 @@ class LayerMoments:
         if count_nonfinite:
             cell[NONFINITE].add_((~torch.isfinite(x)).sum())
         if higher:
-            xd = x.to(cell.dtype)
-            cell[SUM3].add_(torch.sum(xd * xd * xd))
-            cell[SUM4].add_(torch.sum((xd * xd).square_()))
-            cell[ABSMAX] = torch.maximum(cell[ABSMAX], torch.linalg.vector_norm(xd, ord=float("inf")))
+            # powers in x's precision (at least float32), summed in float64: no float64 copy of the output
+            xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            x2 = xf * xf
+            cell[SUM3].add_(torch.sum(x2 * xf, dtype=cell.dtype))
+            cell[SUM4].add_(torch.sum(x2.square_(), dtype=cell.dtype))
+            cell[ABSMAX] = torch.maximum(cell[ABSMAX], torch.linalg.vector_norm(xf, ord=float("inf")).to(cell.dtype))
         self._counts[layer][self.slot(slot)] += x.numel()
 
     def _flush_counts(self) -> None:

@@ -259,20 +259,26 @@ def _pictures(rows: list[dict[str, Any]], out: Path) -> None:
         FigureCanvasAgg(fig)
         for i, kind in enumerate(kinds):
             ax = fig.add_subplot(math.ceil(len(kinds) / cols), cols, i + 1)
+            drawn = False
             for step in sorted({r["step"] for r in mine}):
                 pts = {}
                 for r in mine:
                     if r["kind"] == kind and r["step"] == step and math.isfinite(r["activation_rms"]) and r["activation_rms"] > 0:
                         pts.setdefault(r["width"], []).append(r["activation_rms"])
                 widths = sorted(pts)
-                ax.plot(widths, [sum(pts[w]) / len(pts[w]) for w in widths], marker="o", label=f"step {step}")
+                if widths:  # every RMS of this kind may have vanished to 0 or overflowed: nothing to draw
+                    ax.plot(widths, [sum(pts[w]) / len(pts[w]) for w in widths], marker="o", label=f"step {step}")
+                    drawn = True
             ax.set_xscale("log", base=2)
-            if ax.has_data():  # every RMS of this kind may have vanished to 0 (or overflowed): nothing to log-scale
+            if drawn:
                 ax.set_yscale("log")
+            else:
+                ax.text(0.5, 0.5, "no finite, positive RMS", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(kind, fontsize=9)
             ax.set_xlabel("width (n_embd)")
             ax.set_ylabel("output RMS")
-        fig.axes[0].legend(fontsize=7)
+        if fig.axes[0].get_legend_handles_labels()[0]:
+            fig.axes[0].legend(fontsize=7)
         fig.suptitle(f"coordinate check: {activation}")
         fig.tight_layout()
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in activation)

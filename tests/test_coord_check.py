@@ -48,3 +48,32 @@ def test_coord_check_refuses_bad_input(tmp_path, capsys):
             main(["coord-check", "--config", str(REPO / "cli_configs" / config), "--widths", width,
                   "--steps", "1", "--activation", "gelu", "--output", str(tmp_path)])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_deep_mlp_coord_check_numbers_are_the_networks(tmp_path, capsys):
+    """--config deep-mlp: every layer of the unnormalised network at every width/depth/step; the step-0 RMS of each
+    activation output equals a direct forward pass of the same network on the same batch; a bad spec exits 2."""
+    import torch
+
+    from lit_ortho.coord_check import DeepMLP, _deep_mlp_batches
+
+    out = tmp_path / "mlp"
+    main(["coord-check", "--config", "deep-mlp", "--widths", "16,32", "--depths", "3", "--steps", "2",
+          "--activation", "relu", "--activation", "tropical(degree=3, init=unit)", "--output", str(out)])
+    with open(out / "coord_check.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["activation"], r["width"], r["depth"], r["step"]) for r in rows} == {
+        (a, w, "3", s) for a in ("relu", "tropical(degree=3, init=unit)") for w in ("16", "32") for s in ("0", "1")}
+    assert {r["kind"] for r in rows} == {"layers.fc", "layers.act", "head"}
+    torch.manual_seed(0)
+    net = DeepMLP(32, 3, "relu")
+    x, _ = _deep_mlp_batches(32, 1)[0]
+    for i, block in enumerate(net.layers):
+        x = block.act(block.fc(x))
+        row = next(r for r in rows if r["activation"] == "relu" and r["width"] == "32" and r["step"] == "0"
+                   and r["layer"] == f"layers.{i}.act")
+        assert float(row["activation_rms"]) == pytest.approx(x.pow(2).mean().sqrt().item(), rel=1e-6)
+    assert (out / "coord_check_relu.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exit_:
+        main(["coord-check", "--config", "deep-mlp", "--widths", "16", "--activation", "hermit", "--output", str(out)])
+    assert exit_.value.code == 2 and "hermit" in capsys.readouterr().err

@@ -98,8 +98,8 @@ def test_state_dict_restores_the_drift_origin():
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("mode", ["fsdp2"])
 def test_two_processes_equal_one(tmp_path, mode):
-    """torch.distributed without Lightning, 2 CPU processes with half of each global batch: DDP replicas and
-    FSDP2 shards (one collective per recorded step) give the 1-process statistics."""
+    """torch.distributed without Lightning, 2 CPU processes with half of each global batch: FSDP2 shards (one
+    collective per recorded step) give the 1-process statistics (tests/scripts/watch_ranks.py also runs DDP)."""
     result = run(script("watch_ranks.py", mode, tmp_path), tmp_path, timeout=600, tag=mode,
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))  # fmt: skip
     assert result.ok, result.describe()
