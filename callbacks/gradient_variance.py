@@ -29,9 +29,10 @@ from .statistics import (
     LayerMoments,
     data_parallel_group,
     fsdp1_shard_group,
-    gradient_groups,
+    gradient_moments,
+    gradient_variances,
     group_size,
-    local_tensor,
+    shard_peers,
 )
 
 
@@ -43,8 +44,8 @@ class GradientVarianceMonitor(VarianceMonitor):
     Parameter gradients are read in ``on_before_optimizer_step``: after backward and gradient
     accumulation, after AMP unscaling, before clipping and the optimizer step. Under FSDP each rank holds
     a shard (an FSDP2 DTensor or an FSDP1 flat slice, possibly empty with ``grad=None``): every rank adds
-    its shard's (count, sum, sum of squares) and one ``all_reduce`` over the shard group sums them. DDP
-    replicas are identical and need no collective.
+    its shard's (count, sum, sum of squares) and one collective sums them over the ranks holding that
+    parameter's shards (not HSDP's replicas). DDP replicas are identical and need no collective.
 
     Logged: ``gradient_variance/<parameter>`` (and ``activation_grad_variance/<layer>``,
     ``activation_grad_gain/<layer>``), custom-scalars charts per kind, and ``*/by_depth`` pictures.
@@ -80,7 +81,7 @@ class GradientVarianceMonitor(VarianceMonitor):
         self._params: list[tuple[str, torch.nn.Parameter]] = []
         self._order: Optional[ParameterOrder] = None
         self._param_kinds: dict[str, str] = {}
-        self._fsdp1_group = None
+        self._peers: dict[str, tuple[int, ...]] = {}
         self._pending: dict[str, float] = {}  # parameter variances read this step, published at batch end
         self._pending_step: Optional[int] = None
         self._layers: list[WatchedModule] = []
@@ -99,7 +100,8 @@ class GradientVarianceMonitor(VarianceMonitor):
         self._param_kinds = parameter_kinds(self._params, modules, pl_module)
         # Parameters are shown in the order their modules run, found on the first logged step's forward.
         self._order = ParameterOrder(self._params, modules, pl_module)
-        self._fsdp1_group = fsdp1_shard_group(trainer.strategy.model or pl_module)
+        fsdp1_group = fsdp1_shard_group(trainer.strategy.model or pl_module)
+        self._peers = {name: shard_peers(p, fsdp1_group) for name, p in self._params}  # the ranks holding its shards
         self._probe, self._collecting, self._checked_calls = None, None, False
         if self.activation_gradients:
             layers = choose_layers(pl_module, type(self).__name__, self.include_activations, self.module_types,
@@ -118,28 +120,9 @@ class GradientVarianceMonitor(VarianceMonitor):
             return
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         params = [(name, p) for name, p in self._params if id(p) in in_optimizer]
-        # One bucket per set of shard groups (normally one): every rank builds the same buckets in the same order.
-        buckets: list[tuple[tuple, list[tuple[str, torch.nn.Parameter]]]] = []
-        for name, p in params:
-            groups = gradient_groups(p, self._fsdp1_group)
-            for key, members in buckets:
-                if key == groups:
-                    members.append((name, p))
-                    break
-            else:
-                buckets.append((groups, [(name, p)]))
-        device = pl_module.device
-        for groups, members in buckets:
-            moments = LayerMoments(len(members), ("grad",), device)
-            # An empty FSDP1 shard has grad None: it adds nothing and still joins the collective.
-            moments.add_each("grad", [None if p.grad is None else local_tensor(p.grad) for _, p in members])
-            for group in groups:
-                moments.all_reduce(group)
-            readout = moments.cpu()
-            seen = (readout.count("grad") > 1).tolist()  # a 1-element tensor has no spread to report
-            for (name, _), value, ok in zip(members, readout.variance("grad").tolist(), seen):
-                if ok:
-                    self._pending[name] = value
+        moments = gradient_moments([p for _, p in params], pl_module.device)
+        moments.all_reduce(peers=[self._peers[name] for name, _ in params])  # each over its shards: one collective
+        self._pending.update(gradient_variances(moments.cpu(), [name for name, _ in params]))
         self._pending_step = batches_that_stepped(trainer)
 
     # ---- gradients through activations ---------------------------------------------------------------------

@@ -16,8 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from .monitor import Series, VarianceMonitor
 from .parameters import ParameterStatistics
 from .probes import ParameterOrder
-from .protocol import is_self_recording_activation
-from .selection import named_modules, parameter_kinds, select_parameters
+from .selection import activation_parameters, named_modules, parameter_kinds, select_parameters
 from .statistics import fsdp1_shard_group
 from .steps import batches_that_stepped, ends_optimizer_step
 
@@ -74,12 +73,8 @@ class ParameterUpdateMonitor(VarianceMonitor):
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         params = select_parameters(pl_module, self.parameters)
-        named = named_modules(pl_module)
-        modules = dict(named)
-        coefficients = []
-        if self.log_coefficients:
-            owners = {name for name, m in named if is_self_recording_activation(m)}
-            coefficients = [name for name, _ in params if name.rpartition(".")[0] in owners]
+        modules = dict(named_modules(pl_module))
+        coefficients = activation_parameters(pl_module, params) if self.log_coefficients else []
         model = trainer.strategy.model or pl_module
         self._stats = ParameterStatistics(
             params, model=model, fsdp1_group=fsdp1_shard_group(model), update_ratio=self.log_update_ratio,
@@ -141,7 +136,8 @@ class ParameterUpdateMonitor(VarianceMonitor):
         self._stats.after_step()
         signals = self._stats.pool()  # every rank, same order: one collective
         order = self._order.names_in_order() if self._order is not None else list(self._stats.names)
-        coefficient_order = [f"{n}/{k}" for n in order for k in range(self.max_coefficients)]
+        numel = {self._stats.names[i]: n for i, n, _ in self._stats.coefficients}
+        coefficient_order = [f"{name}/{k}" for name in order for k in range(numel.get(name, 0))]
         series = []
         if "update_ratio" in signals:
             series.append(Series("update_ratio", signals["update_ratio"], alert=True, image=True, unit="parameter"))

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .statistics import accumulation_dtype, group_size, local_tensor, pool_many
+from .statistics import accumulation_dtype, group_size, local_tensor, pool_many, shard_peers
 
 # Fields of a parameter's row: squared norms of the update, of the weights before it, of W - W0 and of W0.
 UPDATE_SQ, BEFORE_SQ, DRIFT_SQ, INITIAL_SQ = range(4)
@@ -29,27 +29,6 @@ _FIELDS = 4
 
 def _rank() -> int:
     return dist.get_rank() if group_size() > 1 else 0
-
-
-def shard_peers(param: Tensor, fsdp1_group: Optional[dist.ProcessGroup] = None) -> tuple[int, ...]:
-    """Global ranks whose local parts of ``param`` together make the whole parameter, this rank included.
-
-    FSDP2 DTensor: the ranks along the mesh dimensions it is ``Shard``-ed over, at this rank's coordinate on
-    the others (HSDP's replicate dimension is not summed). FSDP1: its shard group. Otherwise: this rank alone.
-    """
-    if group_size() == 1:
-        return (0,)
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(param, DTensor):
-        mesh = param.device_mesh
-        coordinate = mesh.get_coordinate()
-        assert coordinate is not None, "this rank is not part of the parameter's mesh"
-        index = tuple(slice(None) if p.is_shard() else coordinate[d] for d, p in enumerate(param.placements))
-        return tuple(int(r) for r in mesh.mesh[index].reshape(-1).tolist())
-    if fsdp1_group is not None:
-        return tuple(dist.get_process_group_ranks(fsdp1_group))
-    return (_rank(),)
 
 
 def _fsdp1_shard_infos(model: nn.Module) -> dict[int, tuple[Any, int]]:

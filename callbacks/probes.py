@@ -111,10 +111,6 @@ class ParameterOrder:
         self._probe = ModuleOrderProbe(list(owners.values()))
         self.order: Optional[list[str]] = None
 
-    @property
-    def attached(self) -> bool:
-        return self._probe.attached
-
     def attach(self) -> None:
         if self.order is None:
             self._probe.attach()

@@ -304,6 +304,13 @@ def select_parameters(root: nn.Module, patterns: Sequence[str] = ()) -> list[tup
     return [(n, p) for n, p in params if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
 
 
+def activation_parameters(root: nn.Module, named_params: Sequence[tuple[str, nn.Parameter]]) -> list[str]:
+    """Names, among ``named_params``, of the parameters of learnable activations (modules implementing
+    :class:`callbacks.protocol.SelfRecordingActivation`): their coefficients."""
+    owners = {name for name, m in named_modules(root) if is_self_recording_activation(m)}
+    return [name for name, _ in named_params if name.rpartition(".")[0] in owners]
+
+
 def parameter_kinds(named_params: Sequence[tuple[str, nn.Parameter]], modules: dict[str, nn.Module],
                     root: nn.Module) -> dict[str, str]:  # fmt: skip
     """Parameter name -> ``<owning module's class>.<leaf>`` (``Linear.weight``): parameters of a kind share a chart."""

@@ -107,14 +107,15 @@ class LayerMoments:
             value = value.to(cell)
             cell[field] = torch.maximum(cell[field], value) if field in MAX_FIELDS else cell[field] + value
 
-    def all_reduce(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        """Pool the moments over ``group`` (the world by default): ONE collective for every layer.
+    def all_reduce(self, group: Optional[dist.ProcessGroup] = None, peers: Optional[Sequence[Sequence[int]]] = None) -> None:
+        """Pool the moments over ``group`` (the world by default): ONE collective for every layer; ``peers[i]``
+        restricts layer ``i`` to those ranks (:func:`pool`).
 
         A no-op outside a process group. Every rank of the group must call it, in the same order as its
         other collectives, even if it saw no data (an empty FSDP shard adds zeros).
         """
         self._flush_counts()
-        self.values = pool(self.values, group=group, max_fields=MAX_FIELDS)
+        self.values = pool(self.values, group=group, peers=peers, max_fields=MAX_FIELDS)
 
     def cpu(self) -> "MomentsReadout":
         """One device-to-host copy of everything, for the (cheap) read-outs that follow."""
@@ -203,6 +204,8 @@ def pool_many(parts: Sequence[Tensor], *, group: Optional[dist.ProcessGroup] = N
     size = group_size(group)
     if size == 1 or not parts:
         return list(parts)
+    if peers is not None and all(rows is not None and all(len(r) == 1 for r in rows) for rows in peers):
+        return list(parts)  # every row is whole on its own rank (DDP replicas): nothing to pool, on every rank alike
     dtype, device = parts[0].dtype, parts[0].device
     flat = torch.cat([p.reshape(-1).to(dtype) for p in parts])
     gathered = [torch.empty_like(flat) for _ in range(size)]
@@ -210,21 +213,21 @@ def pool_many(parts: Sequence[Tensor], *, group: Optional[dist.ProcessGroup] = N
     stacked_all = torch.stack(gathered)  # [ranks, total]
     out, offset = [], 0
     for i, part in enumerate(parts):
-        n = part.numel()
-        stacked = stacked_all[:, offset : offset + n].reshape(size, *part.shape)
-        offset += n
+        stacked = stacked_all[:, offset : offset + part.numel()].reshape(size, *part.shape)
+        offset += part.numel()
         rows_peers = peers[i] if peers is not None else None
-        if rows_peers is None:
-            summed, maxed = stacked.sum(0), stacked.amax(0) if part.numel() else stacked.sum(0)
-        else:
+        fields = max_fields[i] if max_fields is not None else ()
+        mask = None
+        if rows_peers is not None:
             mask = torch.zeros(size, part.shape[0], dtype=torch.bool)
             for row, ranks in enumerate(rows_peers):
                 mask[list(ranks), row] = True
             mask = mask.to(device).reshape(size, part.shape[0], *([1] * (part.dim() - 1)))
-            summed = torch.where(mask, stacked, torch.zeros((), dtype=dtype, device=device)).sum(0)
-            maxed = torch.where(mask, stacked, torch.full((), float("-inf"), dtype=dtype, device=device)).amax(0)
-        for field in (max_fields[i] if max_fields is not None else ()):
-            summed[..., field] = maxed[..., field]
+        summed = (stacked if mask is None else torch.where(mask, stacked, 0.0)).sum(0)
+        if fields:
+            maxed = (stacked if mask is None else torch.where(mask, stacked, float("-inf"))).amax(0)
+            for field in fields:
+                summed[..., field] = maxed[..., field]
         out.append(summed.to(part.dtype))
     return out
 
@@ -252,19 +255,42 @@ def fsdp1_shard_group(model: torch.nn.Module) -> Optional[dist.ProcessGroup]:
     return None
 
 
-def gradient_groups(param: Tensor, fsdp1_group: Optional[dist.ProcessGroup]) -> tuple[dist.ProcessGroup, ...]:
-    """Process groups over which ``param``'s gradient is split into shards, so its moments must be summed.
+def shard_peers(param: Tensor, fsdp1_group: Optional[dist.ProcessGroup] = None) -> tuple[int, ...]:
+    """Global ranks whose local parts of ``param`` together make the whole parameter, this rank included: the
+    rows :func:`pool` adds for it.
 
-    FSDP2 DTensor: the mesh dimensions it is ``Shard``-ed over (not the replicate dimension of HSDP, which
-    would count every element twice). FSDP1: its shard group. DDP replicas and single-device: none.
+    FSDP2 DTensor: the ranks along the mesh dimensions it is ``Shard``-ed over, at this rank's coordinate on
+    the others (HSDP's replicate dimension would count every element twice). FSDP1: its shard group.
+    DDP replicas and single-device: this rank alone.
     """
-    if dist.is_available():
-        from torch.distributed.tensor import DTensor
+    if group_size() == 1:
+        return (0,)
+    from torch.distributed.tensor import DTensor
 
-        if isinstance(param, DTensor):
-            mesh = param.device_mesh
-            return tuple(mesh.get_group(i) for i, placement in enumerate(param.placements) if placement.is_shard())
-    return (fsdp1_group,) if fsdp1_group is not None else ()
+    if isinstance(param, DTensor):
+        mesh = param.device_mesh
+        coordinate = mesh.get_coordinate()
+        assert coordinate is not None, "this rank is not part of the parameter's mesh"
+        index = tuple(slice(None) if p.is_shard() else coordinate[d] for d, p in enumerate(param.placements))
+        return tuple(int(r) for r in mesh.mesh[index].reshape(-1).tolist())
+    if fsdp1_group is not None:
+        return tuple(dist.get_process_group_ranks(fsdp1_group))
+    return (dist.get_rank(),)
+
+
+def gradient_moments(params: Sequence[Tensor], device: torch.device | str) -> LayerMoments:
+    """One row per parameter (slot ``grad``): the moments of this rank's part of its gradient. A missing
+    gradient (an empty FSDP1 shard has ``grad=None``) adds nothing, and its row still joins the collective."""
+    moments = LayerMoments(len(params), ("grad",), device)
+    moments.add_each("grad", [None if p.grad is None else local_tensor(p.grad) for p in params])
+    return moments
+
+
+def gradient_variances(readout: MomentsReadout, names: Sequence[str]) -> dict[str, float]:
+    """``{parameter: gradient variance}`` from pooled :func:`gradient_moments`; a 1-element tensor has no spread
+    to report and is left out."""
+    seen = (readout.count("grad") > 1).tolist()
+    return {name: value for name, value, ok in zip(names, readout.variance("grad").tolist(), seen) if ok}
 
 
 def local_tensor(t: Tensor) -> Tensor:

@@ -34,11 +34,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 
-from .parameters import ParameterStatistics, shard_peers
+from .parameters import ParameterStatistics
 from .probes import ActivationProbe
-from .protocol import is_self_recording_activation
-from .selection import ModuleType, choose_layers, clean_name, select_parameters, usable_layers
-from .statistics import MAX_FIELDS, LayerMoments, MomentsReadout, fsdp1_shard_group, group_size, local_tensor, pool_many
+from .selection import ModuleType, activation_parameters, choose_layers, select_parameters, usable_layers
+from .statistics import (
+    MAX_FIELDS,
+    LayerMoments,
+    MomentsReadout,
+    fsdp1_shard_group,
+    gradient_moments,
+    gradient_variances,
+    group_size,
+    pool_many,
+    shard_peers,
+)
 
 __all__ = ["StepResult", "StepStatistics", "activation_signals"]
 
@@ -125,9 +134,8 @@ class StepStatistics:
         self._grad_peers = [shard_peers(p, fsdp1) for _, p in self.params]
         self._updates: Optional[ParameterStatistics] = None
         if updates and self.params:
-            owners = {clean_name(n) for n, m in self.model.named_modules() if is_self_recording_activation(m)}
-            coefficients = [n for n, _ in self.params if n.rpartition(".")[0] in owners]
-            self._updates = ParameterStatistics(self.params, model=self.model, fsdp1_group=fsdp1, coefficients=coefficients)
+            self._updates = ParameterStatistics(self.params, model=self.model, fsdp1_group=fsdp1,
+                                                coefficients=activation_parameters(self.model, self.params))
             self._updates.take_initial()
         self._grad_moments: Optional[LayerMoments] = None
         self._stepped = False
@@ -171,9 +179,7 @@ class StepStatistics:
     def _read_gradients(self) -> None:
         if not (self.gradients and self.params):
             return
-        moments = LayerMoments(len(self.params), ("grad",), self.params[0][1].device)
-        moments.add_each("grad", [None if p.grad is None else local_tensor(p.grad) for _, p in self.params])
-        self._grad_moments = moments
+        self._grad_moments = gradient_moments([p for _, p in self.params], self.params[0][1].device)
 
     def _before_step(self) -> None:
         if self._stepped:  # a second step inside one block: the first snapshot covers both
@@ -226,9 +232,7 @@ class StepStatistics:
         if self._grad_moments is not None:
             readout = MomentsReadout(pooled[k].detach().to("cpu", torch.float64), ("grad",))
             k += 1
-            seen = (readout.count("grad") > 1).tolist()
-            values = readout.variance("grad").tolist()
-            out["gradient_variance"] = {n: v for (n, _), v, ok in zip(self.params, values, seen) if ok}
+            out["gradient_variance"] = gradient_variances(readout, [n for n, _ in self.params])
         if update_parts:
             out.update(self._updates.read(pooled[k:]))
         return out
