@@ -43,8 +43,9 @@ class VarianceMonitor(Callback):
     Args:
         every_n_steps: log every this many optimizer steps; ``None`` follows ``Trainer(log_every_n_steps)``.
         image_every_n_steps: draw the depth picture (variance against layer, and a layer x step heat map)
-            every this many steps, a multiple of ``every_n_steps``; ``None`` means 10 x ``every_n_steps``,
-            0 disables pictures.
+            every this many steps, a multiple of ``every_n_steps``, and once more when training ends (the last
+            logged values, unless they were just drawn); ``None`` means 10 x ``every_n_steps``, 0 disables
+            pictures.
         history_size: logging steps kept for the heat map (older columns are thinned out, not dropped).
         low: optional lower bound on each layer's variance.
         high: optional upper bound on each layer's variance.
@@ -75,6 +76,7 @@ class VarianceMonitor(Callback):
         self._history: dict[str, dict[str, Any]] = {}
         self._layout_written = False
         self._layer_kinds: dict[str, str] = {}  # layer name -> kind, for the pictures' markers and legend
+        self._pictured: dict[str, int] = {}  # series -> the step of its latest picture
         self._images = reporting.BackgroundImages()
 
     @property
@@ -126,9 +128,9 @@ class VarianceMonitor(Callback):
             if s.alert:
                 self.alert.check(trainer, s.name, s.values, order, step)
             if s.image and self._image_every:
-                self._add_history(s, order, step)
+                self._add_history(s, order, step, f"{s.unit} (forward order)")
                 if (step + 1) % self._image_every == 0 and trainer.is_global_zero:
-                    self._draw(trainer, s.name, step, f"{s.unit} (forward order)")
+                    self._draw(trainer, s.name, step)
 
     def _write_layout(self, trainer: "pl.Trainer", series: Sequence[Series], kinds: Mapping[str, str]) -> None:
         charts: dict[str, dict[str, list[str]]] = {}
@@ -138,8 +140,9 @@ class VarianceMonitor(Callback):
         reporting.add_custom_scalars(trainer, charts)
         self._layout_written = True
 
-    def _add_history(self, series: Series, order: Sequence[str], step: int) -> None:
+    def _add_history(self, series: Series, order: Sequence[str], step: int, axis_label: str) -> None:
         history = self._history.setdefault(series.name, {"layers": list(order), "steps": [], "values": []})
+        history["axis_label"] = axis_label
         for name in order:
             if name not in history["layers"]:
                 history["layers"].append(name)
@@ -150,10 +153,12 @@ class VarianceMonitor(Callback):
             history["steps"] = [history["steps"][i] for i in keep]
             history["values"] = [history["values"][i] for i in keep]
 
-    def _draw(self, trainer: "pl.Trainer", name: str, step: int, axis_label: str) -> None:
+    def _draw(self, trainer: "pl.Trainer", name: str, step: int) -> None:
         if not reporting.any_logger_takes_images(trainer):
             return
+        self._pictured[name] = step
         history = self._history[name]
+        axis_label = history.get("axis_label", "layer (forward order)")
         layers = history["layers"]
         matrix = np.full((len(layers), len(history["steps"])), np.nan)
         for column, values in enumerate(history["values"]):
@@ -165,6 +170,12 @@ class VarianceMonitor(Callback):
 
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """The pictures of the last logged values, where the cadence did not just draw them: a run always ends
+        with its final state in pictures, however rarely ``image_every_n_steps`` draws them on the way."""
+        if self._image_every and trainer.is_global_zero:
+            for name, history in self._history.items():
+                if history["steps"] and self._pictured.get(name) != history["steps"][-1]:
+                    self._draw(trainer, name, history["steps"][-1])
         self._images.wait()
 
     def _release(self) -> None:

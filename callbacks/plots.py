@@ -125,6 +125,33 @@ def kind_styles(kinds: Sequence[str]) -> dict[str, tuple[str, str]]:
     return styles
 
 
+def _text_width(fig, texts: Sequence[str], fontsize: float) -> float:
+    """The widest of ``texts`` at ``fontsize``, in inches (measured by the Agg renderer, as drawn)."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer, prop = fig.canvas.get_renderer(), FontProperties(size=fontsize)
+    widths = (renderer.get_text_width_height_descent(t, prop, ismath=False)[0] for t in texts)
+    return max(widths, default=0.0) / fig.dpi
+
+
+def _depth_axes(fig, tick_labels: Sequence[str], fontsize: float, suptitle: bool):
+    """The depth plot, the heat map and its colour bar, placed from the measured width of the layer labels
+    (on both sides of the pair). A fixed layout: matplotlib's constrained layout gives the same picture but
+    was half of its drawing time (it measures every artist several times)."""
+    width, height = fig.get_size_inches()
+    labels = _text_width(fig, tick_labels, fontsize) + 0.08
+    left, right = 0.42 + labels, labels + 0.08 + 0.16 + 1.0  # y label + tick labels; tick labels + colour bar
+    top, bottom, gap = 0.42 + (0.25 if suptitle else 0.0), 0.55, 0.12
+    span = max(width - left - right - gap, 2.0)
+    depth_w, heat_w = span / 2.3, span * 1.3 / 2.3
+    box = lambda x, w: fig.add_axes((x / width, bottom / height, w / width, (height - top - bottom) / height))  # noqa: E731
+    depth_ax = box(left, depth_w)
+    heat_ax = box(left + depth_w + gap, heat_w)
+    heat_ax.sharey(depth_ax)
+    colorbar_ax = box(left + depth_w + gap + heat_w + labels + 0.08, 0.16)
+    return depth_ax, heat_ax, colorbar_ax
+
+
 MAX_LABELLED_LAYERS = 96  # beyond this, every k-th layer is labelled
 
 
@@ -142,10 +169,11 @@ def build_depth_figure(
     history = np.asarray(history, dtype=np.float64).reshape(n, len(steps))
 
     every = max(1, -(-n // MAX_LABELLED_LAYERS))
+    fontsize = 8 if n <= 24 else 7 if n <= 48 else 6 if n <= 72 else 5
+    shown = np.arange(n)[::every]
     height = float(np.clip(1.8 + 0.16 * min(n, MAX_LABELLED_LAYERS), 4.5, 18.0))
     fig = _figure(15, height)
-    fig.set_layout_engine("constrained")
-    depth_ax, heat_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.3]})
+    depth_ax, heat_ax, colorbar_ax = _depth_axes(fig, [labels[i] for i in shown], fontsize, suptitle=bool(prefix))
     depth = np.arange(n)
 
     finite = np.isfinite(current) & (current > 0)
@@ -162,27 +190,28 @@ def build_depth_figure(
         depth_ax.scatter(np.full(bad.sum(), edge), depth[bad], color="red", marker="x", s=40, zorder=3,
                          label="non-finite")  # fmt: skip
     if finite.any():
+        from matplotlib.ticker import NullLocator
+
         depth_ax.set_xscale("log")
+        depth_ax.xaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks: a tenth of the drawing time
     depth_ax.set_ylim(n - 0.5, -0.5)  # forward order top to bottom, the rows of the heat map
     quantity = title.replace("_", " ")  # "activation variance", "update ratio", ...
     depth_ax.set_xlabel(f"{quantity} (log scale)")
     depth_ax.set_ylabel(axis_label)
     depth_ax.set_title(f"{title} at step {step}")
-    depth_ax.grid(True, which="both", alpha=0.3)
+    depth_ax.grid(True, which="major", alpha=0.3)
     if any(kinds) or bad.any():
         depth_ax.legend(title="kind", fontsize=7, title_fontsize=7, loc="best", ncols=1 if len(styles) <= 8 else 2)
 
     cmap = _colormap("viridis")
     image = heat_ax.imshow(_log10(history), aspect="auto", origin="upper", interpolation="nearest", cmap=cmap)
-    colorbar = fig.colorbar(image, ax=heat_ax, pad=0.01)
-    colorbar.set_label(f"log10({quantity})   (blank: not logged / non-finite)")
-    heat_ax.set_xlabel("step")
+    colorbar = fig.colorbar(image, cax=colorbar_ax)
+    colorbar.set_label(f"log10({quantity})")
+    heat_ax.set_xlabel("step (blank: not logged, or non-finite)")
     heat_ax.set_title(f"{title}: log10, {axis_label.split(' ')[0]} x step")
     ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int))
     heat_ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
 
-    fontsize = 8 if n <= 24 else 7 if n <= 48 else 6 if n <= 72 else 5
-    shown = depth[::every]
     depth_ax.set_yticks(shown, [labels[i] for i in shown], fontsize=fontsize)
     heat_ax.tick_params(axis="y", which="both", labelleft=False, labelright=True, left=False, right=True,
                         labelsize=fontsize)

@@ -27,6 +27,48 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+SUM_BLOCK = 4096
+
+
+def accurate_sum(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """sum(t) accumulated in ``dtype`` (float64): the tensor as rows of ``SUM_BLOCK`` elements, summed down the
+    columns (one float64 accumulator per column), then across.
+
+    The same float64 accumulation as ``torch.sum(t, dtype=torch.float64)``, about 10x faster on CPU for float32
+    ``t``: that reduction converts element by element, while the column sums vectorise along the rows.
+    (``lit_ortho.activations.elementwise.accurate_sum`` is the same function: the two packages import
+    nothing from each other.)
+    """
+    if t.dtype == torch.float64 or dtype != torch.float64:
+        return torch.sum(t, dtype=dtype)
+    flat = t.reshape(-1)
+    head = flat.numel() - flat.numel() % SUM_BLOCK
+    total = flat[:head].view(-1, SUM_BLOCK).sum(0, dtype=dtype).sum()  # a float64 accumulator per column
+    return total + flat[head:].sum(dtype=dtype) if head < flat.numel() else total
+
+
+def power_sums(x: Tensor, powers: int, dtype: torch.dtype = torch.float64) -> tuple[list[Tensor], Tensor]:
+    """([sum of x**p for p = 1..powers], max |x|) over every element of ``x``, as ``dtype`` scalars, no host sync.
+
+    The powers are taken of x * 2**-e in float32 (float64 for float64), e the binary exponent of max |x|, and
+    the sums scaled back by powers of two in ``dtype``: no power overflows, however large x (a blown-up layer at
+    1e20 reads its variance of 1e40), and each sum is an :func:`accurate_sum`. A non-finite element makes every
+    sum non-finite.
+    """
+    xf = (x if x.dtype in (torch.float32, torch.float64) else x.float()).reshape(-1)
+    absmax = xf.abs().amax()
+    exponent = torch.frexp(absmax).exponent  # max |x| = m 2**e, m in [0.5, 1); e = 0 for 0 (and for inf, NaN)
+    n = xf.numel()
+    # row p holds (x 2**-e)**(p+1), zero-padded to whole blocks: all the sums in one reduction
+    terms = xf.new_zeros(powers, -(-n // SUM_BLOCK) * SUM_BLOCK)
+    torch.mul(xf, torch.ldexp(torch.ones((), dtype=xf.dtype, device=xf.device), -exponent), out=terms[0, :n])
+    for p in range(1, powers):
+        torch.mul(terms[p - 1, :n], terms[0, :n], out=terms[p, :n])
+    sums = terms.view(powers, -1, SUM_BLOCK).sum(1, dtype=dtype).sum(1)  # float64 accumulators down the columns
+    scale = torch.arange(1, powers + 1, dtype=dtype, device=xf.device) * exponent.to(dtype)
+    return list(torch.ldexp(sums, scale).unbind()), absmax.to(dtype)
+
+
 class LayerMoments:
     """Running (count, power sums, non-finite, max |x|) for ``num_layers`` layers x ``slots`` tensor kinds.
 
@@ -55,27 +97,24 @@ class LayerMoments:
     def add(self, layer: int, slot: str, x: Tensor, count_nonfinite: bool = False, higher: bool = False) -> None:
         """Add the moments of every element of ``x`` to ``layer``'s ``slot``, without a host sync.
 
-        Sums run in float64 inside the reductions (bf16/fp16 are upcast before squaring). Non-finite values
-        propagate into the sums, so a non-finite layer reads as a non-finite variance even when
-        ``count_nonfinite`` (one more pass) is off. ``higher`` also adds the sums of x^3 and x^4 and the
-        largest |x| (kurtosis and outliers: a few more passes; the powers are taken in float32, so an output
-        beyond ~1e9, already a broken layer, reads as an infinite kurtosis).
+        The sums are :func:`power_sums`' (float32 powers, scaled so that none overflows, summed as accurately as
+        in float64). Non-finite values propagate into the sums, so a non-finite layer reads as a non-finite
+        variance even when ``count_nonfinite`` (one more pass) is off. ``higher`` also adds the sums of x^3
+        and x^4 and the largest |x| (kurtosis and outliers: two more passes).
         """
         x = x.detach()
         if x.numel() == 0:
             return
         cell = self.values[layer, self.slot(slot)]
-        cell[SUM].add_(torch.sum(x, dtype=cell.dtype))
-        cell[SUMSQ].add_(torch.linalg.vector_norm(x, ord=2, dtype=cell.dtype).square())
+        sums, absmax = power_sums(x, 4 if higher else 2, cell.dtype)
+        cell[SUM].add_(sums[0])
+        cell[SUMSQ].add_(sums[1])
         if count_nonfinite:
             cell[NONFINITE].add_((~torch.isfinite(x)).sum())
         if higher:
-            # powers in x's precision (at least float32), summed in float64: no float64 copy of the output
-            xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-            x2 = xf * xf
-            cell[SUM3].add_(torch.sum(x2 * xf, dtype=cell.dtype))
-            cell[SUM4].add_(torch.sum(x2.square_(), dtype=cell.dtype))
-            cell[ABSMAX] = torch.maximum(cell[ABSMAX], torch.linalg.vector_norm(xf, ord=float("inf")).to(cell.dtype))
+            cell[SUM3].add_(sums[2])
+            cell[SUM4].add_(sums[3])
+            cell[ABSMAX] = torch.maximum(cell[ABSMAX], absmax)
         self._counts[layer][self.slot(slot)] += x.numel()
 
     def _flush_counts(self) -> None:
@@ -92,8 +131,9 @@ class LayerMoments:
         dtype, device, s = self.values.dtype, self.values.device, self.slot(slot)
         rows = torch.tensor([i for i, _ in present], device=device)
         ts = [t for _, t in present]
+        sums = torch.stack([accurate_sum(t, dtype) for t in ts]).to(device)
         sums = torch.stack([torch.sum(t, dtype=dtype) for t in ts]).to(device)
-        sumsq = torch.stack(torch._foreach_norm(ts, 2, dtype=dtype)).to(device).square()
+        sumsq = torch.stack(torch._foreach_norm(ts, 2, dtype=dtype)).to(device).square()  # one multi-tensor kernel
         self.values[:, s, SUM].index_add_(0, rows, sums)
         self.values[:, s, SUMSQ].index_add_(0, rows, sumsq)
         for i, t in present:

@@ -366,22 +366,24 @@ def test_timm_activations_are_watched_by_default():
 
 
 # ---- pictures and chart layout ------------------------------------------------------------------------------------
-def test_depth_images_and_custom_scalar_layout(tmp_path):
-    """Depth pictures at every image_every_n_steps-th step, as decodable RGB images; a custom-scalars layout
+@pytest.mark.parametrize("max_steps, pictured", [(4, [1, 3]), (5, [1, 3, 4])])
+def test_depth_images_and_custom_scalar_layout(tmp_path, max_steps, pictured):
+    """Depth pictures at every image_every_n_steps-th step and, unless just drawn, of the last logged step
+    when training ends, as decodable RGB images; a custom-scalars layout
     (TensorBoard reads the latest one: it holds both monitors' charts) with one multi-line chart per layer
     kind, whose regexes match exactly that kind's tags."""
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    helpers.trainer(tmp_path, monitors(every=1, image_every=2), max_steps=4).fit(
+    helpers.trainer(tmp_path, monitors(every=1, image_every=2), max_steps=max_steps).fit(
         helpers.TinyNet(), helpers.loader(helpers.GLOBAL_BATCH)
     )
     images = helpers.read_images(tmp_path)
     series = ("activation_variance", "gradient_variance", "activation_grad_variance", "update_ratio", "parameter_drift")
     assert set(images) == {f"{s}/by_depth" for s in series}
     for events in images.values():
-        assert [e.step for e in events] == [1, 3]
+        assert [e.step for e in events] == pictured
         picture = np.asarray(Image.open(io.BytesIO(events[-1].encoded_image_string)))
         assert picture.shape[2] >= 3 and picture.std() > 10  # not blank
 
@@ -558,3 +560,51 @@ def test_lightning_cli_yaml_builds_the_callbacks(tmp_path):
     assert built["GradientVarianceMonitor"].parameters == ["block*.weight"]
     assert built["GradientVarianceMonitor"].alert.stop is True
     assert built["ActivationShapeMonitor"].x_range == (-3.0, 3.0)
+
+
+@pytest.mark.parametrize("where", ["callbacks", "lit_ortho"])
+def test_power_sums_are_float64_sums_that_never_overflow(where):
+    """The monitors' and lit_ortho's own power sums (two copies: the packages import nothing from each other)
+    equal float64 sums of float64 powers, within the float32 rounding of each power (the sum itself is
+    accumulated in float64: exact to 1e-12 for p = 1), for sizes around the column block, at 1e20 (x^4 = 1e80 is
+    far beyond float32) and at 1e-30, for bf16 input; a non-finite element makes every sum non-finite."""
+    if where == "callbacks":
+        from callbacks.statistics import power_sums
+    else:
+        from lit_ortho.activations.elementwise import power_sums
+    g = torch.Generator().manual_seed(0)
+    for n, scale, dtype in [(1000, 1.0, torch.float32), (4096, 1.0, torch.float32), (3 * 4096 + 17, 1e20, torch.float32),
+                            (50_000, 1e-30, torch.float32), (5000, 3.0, torch.bfloat16)]:  # fmt: skip
+        x = (torch.randn(n, generator=g) * scale + 0.3 * scale).to(dtype)
+        sums, absmax = power_sums(x, 4)
+        xd = x.double()
+        for p, got in enumerate(sums, start=1):
+            want, size = float((xd**p).sum()), float((xd.abs() ** p).sum())
+            bound = size * (1e-12 if p == 1 else p * 2.0**-23)  # each power rounded once per multiply, in float32
+            assert got.dtype == torch.float64 and abs(float(got) - want) <= bound, (n, scale, p, float(got), want)
+        assert float(absmax) == float(xd.abs().max())
+    for bad in (float("inf"), float("nan")):
+        x = torch.randn(5000, generator=g)
+        x[1234] = bad
+        sums, absmax = power_sums(x, 4)
+        assert not any(torch.isfinite(s) for s in sums) and not torch.isfinite(absmax)
+
+
+@pytest.mark.parametrize("prefix", ["", "train"])
+def test_scalars_in_one_event_read_back_as_log_metrics_writes_them(tmp_path, prefix):
+    """The monitors write a logged step's scalars as one TensorBoard event; TensorBoard reads the same tags,
+    steps and values as from Lightning's ``log_metrics`` (one event per scalar), with the logger's prefix."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from callbacks import reporting
+
+    metrics = {f"activation_variance/blocks.{i}.act": 1.5 * i + 0.25 for i in range(300)} | {"update_ratio/w": 3e-4}
+    ours, lightnings = (TensorBoardLogger(str(tmp_path / name), name="run", prefix=prefix) for name in ("ours", "theirs"))
+    for step in (0, 7):
+        assert reporting._write_tensorboard_event(ours, metrics, step)
+        lightnings.log_metrics(metrics, step=step)
+    for logger in (ours, lightnings):
+        logger.experiment.flush()
+    got, want = helpers.read_scalars(tmp_path / "ours"), helpers.read_scalars(tmp_path / "theirs")
+    assert got == want and len(got) == len(metrics) and got[next(iter(got))].keys() == {0, 7}
+    assert all(tag.startswith("train-") for tag in got) if prefix else "update_ratio/w" in got

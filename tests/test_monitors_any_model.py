@@ -360,6 +360,28 @@ def test_depth_picture_labels_layers_by_name_and_kind(tmp_path):
 
     rgb = plots.depth_figure("activation_variance", names, current, steps, history, 19, kinds=kinds)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    assert_laid_out(fig)
+    assert_laid_out(plots.build_depth_figure("gradient_variance", [f"h.{i}.w" for i in range(3)], np.ones(3), [0], np.ones((3, 1)), 0))
+
+
+def assert_laid_out(fig) -> None:
+    """Every title, axis label and layer label inside the picture, and the layer labels of each side clear of their neighbours: the depth
+    axis's labels right of its axis label, the heat map's left of the colour bar and its labels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    depth_ax, heat_ax, colorbar_ax = fig.axes[:3]
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in (depth_ax, heat_ax, colorbar_ax):
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_yticklabels()]
+    for t in (t for t in texts if t.get_visible() and t.get_text()):
+        box = t.get_window_extent(renderer)
+        assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1, t
+    boxes = lambda labels: [t.get_window_extent(renderer) for t in labels if t.get_text()]  # noqa: E731
+    ylabel = depth_ax.yaxis.label.get_window_extent(renderer)
+    assert all(b.x0 > ylabel.x1 for b in boxes(depth_ax.get_yticklabels()))
+    colorbar = colorbar_ax.get_tightbbox(renderer)
+    assert all(b.x1 < colorbar.x0 for b in boxes(heat_ax.yaxis.get_ticklabels(which="major")) if b.x0 > heat_ax.bbox.x1 - 1)
 
 
 def test_depth_picture_of_many_layers_stays_legible():

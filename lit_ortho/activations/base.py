@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_ortho.activations.backends import BACKENDS, run
+from lit_ortho.activations.elementwise import power_sums
 from lit_ortho.activations.family import FAMILIES, Family, get_family
 from lit_ortho.activations.init import fit_activation, init_unit_gain
 from lit_ortho.activations.spec import parse_activation_spec
@@ -168,23 +169,12 @@ class LearnableActivation(nn.Module):
     def _accumulate_statistics(self, x: Tensor, y: Tensor) -> None:
         """Add the input's and output's power sums (and keep the largest |output|): compile-friendly, no
         host sync."""
-        xd, yd = x.detach().double(), y.detach().double()
-        absmax = torch.linalg.vector_norm(yd, ord=float("inf"))
-        finite = torch.isfinite(yd)
-        yd = torch.where(finite, yd, torch.zeros_like(yd))
-        y2 = yd * yd
-        sums = torch.stack(
-            [
-                torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device),
-                xd.sum(),
-                (xd * xd).sum(),
-                yd.sum(),
-                y2.sum(),
-                (~finite).sum().double(),
-                (y2 * yd).sum(),
-                (y2 * y2).sum(),
-            ]
-        )
+        finite = (y * 0) == 0  # torch.isfinite, in 2 vector ops instead of 3 passes
+        (x_sum, x_sumsq), _ = power_sums(x.detach(), 2)
+        y_sums, _ = power_sums(torch.where(finite, y.detach(), torch.zeros_like(y)), 4)
+        absmax = y.detach().abs().amax().double()  # inf or NaN where the output is
+        count = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+        sums = torch.stack([count, x_sum, x_sumsq, y_sums[0], y_sums[1], (~finite).sum().double(), *y_sums[2:]])
         self.statistics[:-1] += sums
         self.statistics[-1] = torch.maximum(self.statistics[-1], absmax)
 
