@@ -99,6 +99,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lit_ortho  # noqa: E402
+from lit_ortho.activations import backends  # noqa: E402
 
 
 def minor_faults() -> int:
@@ -251,20 +252,42 @@ def cpu_table(args, shape) -> None:
           f"{mode}; nn.GELU: {gelu_time * 1e3:.1f} ms, {gelu_bytes / 2**20:.1f} MiB saved, "
           f"{gelu_faults:.0f} page faults per step"
           + (" -- DRY RUN: one step, the times are not measurements" if args.dry_run else ""))
-    header = f"{'family':<18} {'degree':>6} {'ours time':>10} {'ours mem':>9}"
+    plain_eager = not args.compile  # "auto" compiles large CPU inputs lazily: also time backend="eager"
+    header = f"{'family':<18} {'degree':>6} {'ours time':>10} {'first call':>11} {'ours mem':>9}"
+    if plain_eager:
+        header += f" {'backend=eager':>14}"
     if use_reference:
         header += f" {'torchortho time':>16} {'torchortho mem':>15}"
     print(header)
     print("-" * len(header))
     for family, degree in CASES:
         ours = wrap(lit_ortho.build_activation(spec(args, family, degree, shape)))
+        first = first_call_seconds(ours, x)
         gelu_time, ours_time = step_times([gelu, ours], x, args.repeats, warmup)
-        row = f"{family:<18} {degree:>6} {ours_time / gelu_time:>9.2f}x {saved_bytes(ours, x) / gelu_bytes:>8.2f}x"
+        row = f"{family:<18} {degree:>6} {ours_time / gelu_time:>9.2f}x {first:>10.2f}s {saved_bytes(ours, x) / gelu_bytes:>8.2f}x"
+        if plain_eager:
+            eager = lit_ortho.build_activation({**spec(args, family, degree, shape), "backend": "eager"})
+            gelu_time, eager_time = step_times([gelu, eager], x, max(1, args.repeats // 2), warmup)
+            row += f" {eager_time / gelu_time:>13.2f}x"
         if use_reference:
             ref = torchortho_module(family, degree)
             gelu_time, ref_time = step_times([gelu, ref], x, max(1, args.repeats // 3), warmup=0 if args.dry_run else 1)
             row += f" {ref_time / gelu_time:>15.1f}x {saved_bytes(ref, x) / gelu_bytes:>14.1f}x"
         print(row, flush=True)
+    if plain_eager:
+        threshold = backends.lazy_compile_threshold()
+        print(f"ours: backend='auto' (lit_ortho's default), which runs a lazily compiled CPU kernel from "
+              f"{threshold:,} elements ({backends.LAZY_COMPILE_ENV}; {'compiled' if threshold is not None and numel >= threshold else 'eager'} "
+              f"here); first call: seconds of the first forward+backward (compiling, where it does); "
+              f"backend=eager: PyTorch ops only", flush=True)
+
+
+def first_call_seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of the module's first forward+backward in this process (its compilation, where it compiles)."""
+    start = time.perf_counter()
+    module(x).backward(torch.ones_like(x))
+    x.grad = None
+    return time.perf_counter() - start
 
 
 def cuda_table(args, shape) -> None:

@@ -4,6 +4,7 @@ subprocess, under TRITON_INTERPRET=1) the Triton kernels of tests/test_kernels_t
 import math
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -155,6 +156,74 @@ def test_compile_fullgraph_aot_eager_matches_eager(family):
 
 def _have_cxx() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+# ---- "auto" on CPU: a lazily compiled kernel for large inputs ---------------------------------------------
+@pytest.fixture
+def compile_spy(monkeypatch):
+    """Fresh lazily-compiled-kernel caches, and ``torch.compile`` wrapped to count what it builds and runs."""
+    monkeypatch.setattr(backends, "_COMPILED", {})
+    monkeypatch.setattr(backends, "_EAGER_ONLY", set())
+    spy = {"compiled": 0, "calls": 0, "fail": False}
+    real = torch.compile
+
+    def counting_compile(fn, **kwargs):
+        spy["compiled"] += 1
+        if spy["fail"]:
+            def broken(*args, **kw):
+                raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore detail")
+            return broken
+        compiled = real(fn, **kwargs)
+
+        def run(*args, **kw):
+            spy["calls"] += 1
+            return compiled(*args, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    torch._dynamo.reset()
+    return spy
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+def test_auto_compiles_large_cpu_inputs_once_and_matches_eager(compile_spy, monkeypatch):
+    """From LIT_ORTHO_LAZY_COMPILE elements on, "auto" runs the family's compiled twin on CPU, compiled on first
+    use and reused; its values and gradients (input and coefficients) equal eager's. Smaller inputs, float64,
+    backend="eager" and LIT_ORTHO_LAZY_COMPILE=off stay eager."""
+    monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "300")
+    x, grad = torch.randn(6, 50), torch.randn(6, 50)
+    auto, eager = _module("hermite"), _module("hermite", backend="eager")
+    _assert_same(_fwd_bwd(auto, x, grad), _fwd_bwd(eager, x, grad), rtol=1e-5, atol=1e-5)
+    _fwd_bwd(auto, x * 2, grad)
+    assert compile_spy == {"compiled": 1, "calls": 2, "fail": False}
+    _fwd_bwd(auto, x[:, :49], grad[:, :49])  # 294 elements
+    _fwd_bwd(eager, x, grad)
+    _fwd_bwd(_module("hermite").double(), x.double(), grad.double())
+    monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "off")
+    _fwd_bwd(auto, x, grad)
+    assert compile_spy["calls"] == 2
+    monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "lots")
+    with pytest.raises(ValueError, match=r"LIT_ORTHO_LAZY_COMPILE='lots': valid values are 'off', 'auto' or a number"):
+        auto(x)
+    monkeypatch.delenv(backends.LAZY_COMPILE_ENV)
+    assert backends.lazy_compile_threshold() == backends.LAZY_COMPILE_MIN_ELEMENTS == 2**22
+
+
+def test_auto_falls_back_to_eager_once_when_compiling_fails(compile_spy, monkeypatch):
+    """No C++ compiler (or any compile error): one warning naming the reason and the way out, eager results,
+    and no second attempt."""
+    monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "0")
+    compile_spy["fail"] = True
+    x, grad = torch.randn(6, 50), torch.randn(6, 50)
+    auto, eager = _module("fourier"), _module("fourier", backend="eager")
+    with pytest.warns(UserWarning, match=r"fourier: compiling the CPU kernel failed \(RuntimeError: InvalidCxxCompiler: "
+                                         r"no working C\+\+ compiler found\); running eager.*LIT_ORTHO_LAZY_COMPILE=off"):
+        first = _fwd_bwd(auto, x, grad)
+    _assert_same(first, _fwd_bwd(eager, x, grad), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fwd_bwd(auto, x, grad)
+    assert compile_spy["compiled"] == 1 and backends._EAGER_ONLY == {"fourier"}
 
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")

@@ -6,22 +6,62 @@
   the family's compile-friendly twin (``Family.compiled``) instead, so a model compiles with
   ``fullgraph=True`` on any device.
 * ``"auto"`` (default): ``"triton"`` for CUDA inputs of a supported dtype when triton is installed and
-  the family has kernels, ``"eager"`` otherwise (CPU, float64, no triton).
+  the family has kernels; on CPU, for inputs of at least :data:`LAZY_COMPILE_MIN_ELEMENTS` elements (float32,
+  bf16, fp16), the compile-friendly twin through ``torch.compile``, compiled on first use (a lazily compiled
+  kernel: one pass over memory each way where eager PyTorch makes one per operation); ``"eager"`` otherwise
+  (smaller CPU inputs, float64, no triton). Set ``LIT_ORTHO_LAZY_COMPILE`` to ``off`` to keep CPU calls
+  eager, or to a number of elements to move the threshold (``0``: always). If compiling fails (no C++
+  compiler, say) the family warns once and stays eager.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import warnings
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from lit_ortho.activations.family import Family
 from lit_ortho.activations.kernels import TRITON_AVAILABLE, TRITON_DTYPES, check_device, ops
+from lit_ortho.errors import UsageError
 
-__all__ = ["BACKENDS", "use_triton", "run"]
+__all__ = ["BACKENDS", "LAZY_COMPILE_MIN_ELEMENTS", "lazy_compile_threshold", "use_triton", "run"]
 
 BACKENDS = ("auto", "eager", "triton")
+
+#: Below this many elements a CPU call stays eager: compiling (1.5-8 s per family and shape on 2 cores) would
+#: cost a short run more than it saves (benchmarks/RESULTS.md, "eager CPU ... lazily compiled kernel").
+LAZY_COMPILE_MIN_ELEMENTS = 1 << 22
+LAZY_COMPILE_ENV = "LIT_ORTHO_LAZY_COMPILE"
+_COMPILED: dict[str, Callable[..., Tensor]] = {}
+_EAGER_ONLY: set[str] = set()  # families whose compilation failed here: eager from then on
+
+
+def lazy_compile_threshold() -> Optional[int]:
+    """The element count from which ``"auto"`` compiles CPU calls (``LIT_ORTHO_LAZY_COMPILE``); None: never."""
+    value = os.environ.get(LAZY_COMPILE_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return LAZY_COMPILE_MIN_ELEMENTS
+    if value == "off":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise UsageError(f"{LAZY_COMPILE_ENV}={value!r}: valid values are 'off', 'auto' or a number of elements "
+                     f"(0: compile every CPU call; default {LAZY_COMPILE_MIN_ELEMENTS})")
+
+
+def _lazily_compiled(family: Family, backend: str, x: Tensor) -> Optional[Callable[..., Tensor]]:
+    """The family's compiled kernel where ``"auto"`` uses one for ``x`` (see the module docstring), else None."""
+    if backend != "auto" or x.device.type != "cpu" or x.dtype not in TRITON_DTYPES or family.name in _EAGER_ONLY:
+        return None
+    threshold = lazy_compile_threshold()
+    if threshold is None or x.numel() < threshold or torch._C._are_functorch_transforms_active():
+        return None
+    if family.name not in _COMPILED:
+        _COMPILED[family.name] = torch.compile(family.traced(), fullgraph=True)
+    return _COMPILED[family.name]
 
 
 def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
@@ -46,5 +86,15 @@ def run(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], chann
     """F(x) for the family's value tensors, by the chosen backend."""
     if use_triton(backend, x, family):
         return ops.op(family.name)(x, *values, channel_dim)
-    fn = family.traced() if torch.compiler.is_compiling() else family.eager
-    return fn(x, *values, channel_dim=channel_dim)
+    if torch.compiler.is_compiling():
+        return family.traced()(x, *values, channel_dim=channel_dim)
+    compiled = _lazily_compiled(family, backend, x)
+    if compiled is not None:
+        try:
+            return compiled(x, *values, channel_dim=channel_dim)
+        except Exception as error:  # noqa: BLE001 - no C++ compiler, an inductor limitation: eager still works
+            _EAGER_ONLY.add(family.name)
+            warnings.warn(f"{family.name}: compiling the CPU kernel failed ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); running eager PyTorch instead "
+                          f"(slower for large tensors). Set {LAZY_COMPILE_ENV}=off to skip the attempt.", stacklevel=2)
+    return family.eager(x, *values, channel_dim=channel_dim)
