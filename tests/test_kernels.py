@@ -286,7 +286,7 @@ def test_inductor_makes_one_pass_over_the_elements_each_way(family):
 
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
-@pytest.mark.parametrize("family", ["fourier", "tropical", "tropical_rational"])
+@pytest.mark.parametrize("family", ["hermite", "fourier", "tropical", "tropical_rational"])
 @pytest.mark.codegen
 def test_inductor_vectorises_per_channel_coefficients(family):
     """Per-channel [C, K] coefficients along the last dim: each column must reach the loop as a

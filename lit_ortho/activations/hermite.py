@@ -95,7 +95,13 @@ def _overflow_infinity(x: Tensor, a: list[Tensor], dtype: torch.dtype = torch.fl
 
 def hermite_forward(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
     """sum_k a_k He_k(x)/k! (x and the coefficients in their compute dtype)."""
-    return clenshaw(x, columns(coefficients, x, channel_dim))
+    return clenshaw(x, _columns(coefficients, x, channel_dim))
+
+
+def _columns(coefficients: Tensor, x: Tensor, channel_dim: int) -> list[Tensor]:
+    """The coefficient columns: strided views in eager code, contiguous ``[C]`` vectors while ``torch.compile``
+    traces (a strided per-channel column makes inductor's loop scalar: 7x GELU instead of ~1.2x)."""
+    return columns(coefficients, x, channel_dim, contiguous=torch.compiler.is_compiling())
 
 
 class _HermiteFunction(torch.autograd.Function):
@@ -115,7 +121,7 @@ class _HermiteFunction(torch.autograd.Function):
         n = coefficients.shape[-1] - 1
         grad_x = grad_a = None
         if ctx.needs_input_grad[0]:  # dF/dx = sum_{k>=1} a_k P_{k-1}: Clenshaw on the shifted coefficients
-            grad_x = (g * clenshaw(xf, columns(coefficients.to(dtype)[..., 1:], xf, cd))).to(x.dtype)
+            grad_x = (g * clenshaw(xf, _columns(coefficients.to(dtype)[..., 1:], xf, cd))).to(x.dtype)
         if ctx.needs_input_grad[1]:  # dF/da_k = P_k
             raw = [reduce_channels(g, per_channel, cd), dot(g, xf, per_channel, cd)]
             raw += [dot(g, p, per_channel, cd) for p in hermite_basis(xf, n)]
