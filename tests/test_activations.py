@@ -355,6 +355,27 @@ def test_hermite_matches_exact_arithmetic_over_1e4(degree):
     assert (error[fits] <= 2e-5 * terms[fits] + 1e-6).all(), (x[fits][error[fits].argmax()], error[fits].max())
     assert torch.isinf(y[~fits]).all() and (torch.sign(y[~fits]) == torch.sign(exact[~fits])).all()
     assert not torch.isnan(y).any()
+    from lit_ortho.activations.hermite import clenshaw  # the saturating form torch.compile traces: the same values
+
+    assert torch.equal(clenshaw(x, list(a), saturate=True), y)
+
+
+def test_saturating_clenshaw_equals_the_exact_sign_branch_on_huge_inputs():
+    """The compiled path's saturating recurrence against the eager exact branch: bitwise, infinities and their
+    signs included, for 300 random coefficient sets spanning ~8 decades (tiny leading coefficients too) at
+    |x| up to float32's range and beyond (inf)."""
+    from lit_ortho.activations.hermite import clenshaw
+
+    gen = torch.Generator().manual_seed(1)
+    finite_overflows = 0
+    for _ in range(300):
+        degree = int(torch.randint(1, 33, (1,), generator=gen))
+        a = torch.randn(degree + 1, generator=gen) * torch.exp(3 * torch.randn(degree + 1, generator=gen))
+        x = torch.exp(100 * torch.rand(200, generator=gen)) * torch.sign(torch.randn(200, generator=gen))
+        exact, saturated = clenshaw(x, list(a), saturate=False), clenshaw(x, list(a), saturate=True)
+        assert torch.equal(saturated, exact), (degree, a)
+        finite_overflows += int((torch.isinf(exact) & torch.isfinite(x)).sum())
+    assert finite_overflows > 10_000  # finite inputs whose value overflows: the case the two forms handle differently
 
 
 @pytest.mark.parametrize("degree", [3, 8, 16, 32])

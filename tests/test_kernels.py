@@ -227,6 +227,22 @@ def test_auto_falls_back_to_eager_once_when_compiling_fails(compile_spy, monkeyp
 
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("degree", [3, 8])
+def test_compiled_hermite_keeps_eagers_signed_infinities(degree):
+    """Compiled Hermite (the saturating recurrence) gives eager's values at huge inputs, the correctly signed
+    infinities included, and gradients without NaN at huge finite inputs."""
+    torch._dynamo.reset()
+    module = L.build_activation(f"hermite:{degree}")
+    x = torch.tensor([-1e30, -3e13, -3e5, -2000.0, -1.5, 0.0, 0.7, 2000.0, 3e5, 3e13, 1e30, float("inf"), -float("inf")])
+    eager, compiled = module(x), torch.compile(module, fullgraph=True)(x)
+    assert torch.isinf(eager).sum() >= 4
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    xg = x[:-2].clone().requires_grad_()  # finite inputs: an infinite one makes its coefficient sums inf - inf
+    torch.compile(module, fullgraph=True)(xg).sum().backward()
+    assert not torch.isnan(xg.grad).any() and not torch.isnan(module.coefficients.grad).any()
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
 def test_compile_fullgraph_inductor_mlp_matches_eager():
     """A small MLP with the compile-only formulations (Fourier's polynomial sine/cosine, tropical's
     masked sums), compiled by inductor with fullgraph=True, forward and backward."""
