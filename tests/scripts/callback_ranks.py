@@ -46,3 +46,8 @@ def main(mode: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # as any script that trains through the Python API should: end the process groups while the interpreter
+    # is alive (lit-ortho's CLI does this itself); left to interpreter exit, gloo can abort the rank (-6)
+    from lit_ortho.distributed import end_process_groups
+
+    end_process_groups()

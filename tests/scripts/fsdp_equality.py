@@ -93,3 +93,8 @@ def record_compute_dtypes(model: GPT2Module) -> dict[str, str]:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
+    # as any script that trains through the Python API should: end the process groups while the interpreter
+    # is alive (lit-ortho's CLI does this itself); left to interpreter exit, gloo can abort the rank (-6)
+    from lit_ortho.distributed import end_process_groups
+
+    end_process_groups()

@@ -146,3 +146,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # as any script that trains through the Python API should: end the process groups while the interpreter
+    # is alive (lit-ortho's CLI does this itself); left to interpreter exit, gloo can abort the rank (-6)
+    from lit_ortho.distributed import end_process_groups
+
+    end_process_groups()
