@@ -36,8 +36,6 @@ def accurate_sum(t: Tensor, dtype: torch.dtype) -> Tensor:
 
     The same float64 accumulation as ``torch.sum(t, dtype=torch.float64)``, about 10x faster on CPU for float32
     ``t``: that reduction converts element by element, while the column sums vectorise along the rows.
-    (``lit_ortho.activations.elementwise.accurate_sum`` is the same function: the two packages import
-    nothing from each other.)
     """
     if t.dtype == torch.float64 or dtype != torch.float64:
         return torch.sum(t, dtype=dtype)
@@ -52,8 +50,10 @@ def power_sums(x: Tensor, powers: int, dtype: torch.dtype = torch.float64) -> tu
 
     The powers are taken of x * 2**-e in float32 (float64 for float64), e the binary exponent of max |x|, and
     the sums scaled back by powers of two in ``dtype``: no power overflows, however large x (a blown-up layer at
-    1e20 reads its variance of 1e40), and each sum is an :func:`accurate_sum`. A non-finite element makes every
-    sum non-finite.
+    1e20 reads its variance of 1e40), and every sum accumulates in ``dtype`` down 4096-wide columns, as
+    :func:`accurate_sum` does. A non-finite element makes every sum non-finite.
+    (``lit_ortho.activations.elementwise.power_sums`` is the same function: the two packages import nothing
+    from each other.)
     """
     xf = (x if x.dtype in (torch.float32, torch.float64) else x.float()).reshape(-1)
     absmax = xf.abs().amax()
@@ -132,7 +132,6 @@ class LayerMoments:
         rows = torch.tensor([i for i, _ in present], device=device)
         ts = [t for _, t in present]
         sums = torch.stack([accurate_sum(t, dtype) for t in ts]).to(device)
-        sums = torch.stack([torch.sum(t, dtype=dtype) for t in ts]).to(device)
         sumsq = torch.stack(torch._foreach_norm(ts, 2, dtype=dtype)).to(device).square()  # one multi-tensor kernel
         self.values[:, s, SUM].index_add_(0, rows, sums)
         self.values[:, s, SUMSQ].index_add_(0, rows, sumsq)
