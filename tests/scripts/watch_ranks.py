@@ -21,6 +21,8 @@ import _callback_helpers as helpers
 def worker(rank: int, mode: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    from lit_ortho.distributed import end_process_groups
+
     try:
         from callbacks.watch import StepStatistics
         from lit_ortho.activations import HermiteActivation
@@ -49,8 +51,13 @@ def worker(rank: int, mode: str, out_dir: str) -> None:
             results.append(result.flat())
         if rank == 0:
             (Path(out_dir) / "results.json").write_text(json.dumps(results))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # As a user's script should (README, "Your own script"): wait for the other rank, end every group, and have
+    # the groups' last holders (the sharded model, the device mesh) collected before the interpreter finalizes;
+    # a bare destroy_process_group() leaves gloo's threads to be killed at exit (SIGABRT, seen once in CI).
+    end_process_groups()
 
 
 if __name__ == "__main__":
