@@ -19,9 +19,7 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.base import LearnableActivation
-from lit_ortho.activations.elementwise import (
-    as_rows, columns, compute_dtype, fma, reduce_channels, row_length, tie_to_rows, zero_reading,
-)
+from lit_ortho.activations.elementwise import columns, compute_dtype, fma, reduce_channels
 from lit_ortho.activations.family import Family, register_family
 from lit_ortho.activations.init import fit_activation, lbfgs_fit
 from lit_ortho.activations.spec import register_activation
@@ -150,11 +148,13 @@ def _running_max_where(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
     return best, arg, win_slope
 
 
-def _masked_sums(weights: Tensor, arg: Tensor, K: int, per_channel: bool, channel_dim: int, rows: int) -> Tensor:
-    """[K] (or [C, K]) sums of ``weights`` over the elements whose argmax is k: fused by inductor."""
+def _masked_sums(weights: Tensor, arg: Tensor, K: int, per_channel: bool, channel_dim: int) -> Tensor:
+    """[K] (or [C, K]) sums of ``weights`` over the elements whose argmax is k: fused by inductor. (Shared sums
+    by rows, as Fourier's, measured the same for both tropical families: 1.13x against 1.16x, 2.45x against
+    2.32x compiled GELU at 256x160x16x16.)"""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-    masked = (torch.where(arg == float(k), weights, zero) for k in range(K))
-    return torch.stack([reduce_channels(t, per_channel, channel_dim, rows) for t in masked], dim=-1)
+    sums = [reduce_channels(torch.where(arg == float(k), weights, zero), per_channel, channel_dim) for k in range(K)]
+    return torch.stack(sums, dim=-1)
 
 
 class _TropicalCompiled(torch.autograd.Function):
@@ -170,15 +170,13 @@ class _TropicalCompiled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, intercepts, scale = ctx.saved_tensors
-        dtype, cd, per_channel = compute_dtype(x), ctx.channel_dim, intercepts.dim() == 2
-        rows = row_length(x, per_channel)  # the sums by rows, dx in their loop (see tie_to_rows)
-        xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype) * scale.to(dtype), rows)
+        dtype, cd = compute_dtype(x), ctx.channel_dim
+        xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
         K = intercepts.shape[-1]
         _, arg, _ = _running_max_where(xf, None, intercepts.to(dtype), K, cd)
-        arg = tie_to_rows(arg, xf, rows)  # read by dx and K sums: inductor stores it, in the sums' 2-D loop
-        grad_x = g * arg
-        grad_c = _masked_sums(g + zero_reading(grad_x), arg, K, per_channel, cd, rows)
-        return grad_x.reshape(x.shape).to(x.dtype), grad_c.to(intercepts.dtype), None, None
+        grad_x = (g * arg).to(x.dtype)
+        grad_c = _masked_sums(g, arg, K, intercepts.dim() == 2, cd)
+        return grad_x, grad_c.to(intercepts.dtype), None, None
 
 
 class _TropicalRationalCompiled(torch.autograd.Function):
@@ -197,20 +195,18 @@ class _TropicalRationalCompiled(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, p, c, q, d = ctx.saved_tensors
         dtype, cd = compute_dtype(x), ctx.channel_dim
+        xf, g = x.to(dtype), grad_out.to(dtype)
         K, per_channel = p.shape[-1], p.dim() == 2
-        rows = row_length(x, per_channel)  # the sums by rows, dx in their loop (see tie_to_rows)
-        xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype), rows)
         _, arg_n, slope_n = _running_max_where(xf, p.to(dtype), c.to(dtype), K, cd)
         _, arg_d, slope_d = _running_max_where(xf, q.to(dtype), d.to(dtype), K, cd)
         gx = g * xf
-        grad_x = g * (slope_n - slope_d)
-        sums = lambda w, arg: _masked_sums(w, arg, K, per_channel, cd, rows)  # noqa: E731
+        grad_x = (g * (slope_n - slope_d)).to(x.dtype)
         return (
-            grad_x.reshape(x.shape).to(x.dtype),
-            sums(gx, arg_n).to(p.dtype),
-            sums(g, arg_n).to(c.dtype),
-            (-sums(gx, arg_d)).to(q.dtype),
-            (-sums(g, arg_d)).to(d.dtype),
+            grad_x,
+            _masked_sums(gx, arg_n, K, per_channel, cd).to(p.dtype),
+            _masked_sums(g, arg_n, K, per_channel, cd).to(c.dtype),
+            (-_masked_sums(gx, arg_d, K, per_channel, cd)).to(q.dtype),
+            (-_masked_sums(g, arg_d, K, per_channel, cd)).to(d.dtype),
             None,
         )
 
