@@ -305,7 +305,9 @@ def test_inductor_makes_one_pass_over_the_elements_each_way(family, shape):
     per vector and sum); Tropical-5's six sums cost the same either way and go in one flat loop."""
     x = torch.randn(shape, requires_grad=True)  # above inductor's 4096 elements for the helper
     forward, backward = _generated_cpp(_module(family), x)
-    rows, cols = {(64, 96): (2, 3072), (25600,): (8, 3200)}[shape] if family == "fourier" else (1, x.numel())
+    # (rows, cols) of the one backward pass: Fourier's rows; Tropical's flat loop (2-D: flat, or by the last dim)
+    rows, cols = {"fourier": {(64, 96): (2, 3072), (25600,): (8, 3200)},
+                  "tropical": {(64, 96): (64, 96), (25600,): (1, 25600)}}[family][shape]
     assert (_passes(forward, 1, x.numel()), _passes(backward, rows, cols)) == (1, 1)
     if family == "fourier":
         assert "CascadeSumHelper" not in backward
