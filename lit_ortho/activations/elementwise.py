@@ -117,12 +117,16 @@ def reduce_channels(t: Tensor, per_channel: bool, channel_dim: int, rows: int = 
 
 def row_length(x: Tensor, per_channel: bool) -> int:
     """How a compiled backward sums over ``x`` with shared coefficients: in rows of this many elements (then over
-    the row sums), or as a whole (0): the longest row of at most ROW_SUM_LIMIT elements, of 256 or more, that the
-    elements split into (whatever the shape: NCHW's 16-element last dim would make a vector's worth per row, 1.8x
-    compiled GELU for Tropical-5 against 1.1x). 0 per channel, in eager code, for small or non-contiguous inputs."""
+    the row sums), or as a whole (0). Rows of 256 to ROW_SUM_LIMIT elements: the product of x's last dims where
+    one is in that range, else the longest such row that the elements split into (whatever the shape: NCHW's
+    16-element last dim would make a vector's worth per row, 1.8x compiled GELU for Tropical-5 against 1.1x).
+    Rows made of x's own last dims make the rows a plain view of its shape; rows that split one of its dims (4096
+    = 16 x 16 x 16 of 256x160x16x16) made inductor copy dx back to x's shape in a second, scalar loop.
+    0 per channel, in eager code, for small or non-contiguous inputs."""
     if per_channel or x.numel() <= ROW_SUM_LIMIT or not x.is_contiguous() or not torch.compiler.is_compiling():
         return 0
-    row = _row_length(x.numel())
+    last_dims = [math.prod(x.shape[i:]) for i in range(x.dim() - 1, 0, -1)]
+    row = max((n for n in last_dims if 256 <= n <= ROW_SUM_LIMIT), default=0) or _row_length(x.numel())
     return row if row > 1 else 0
 
 

@@ -5,10 +5,11 @@
   function.
 
 Both save only x and the coefficients and recompute the winning piece in backward. The eager path
-tracks the argmax as uint8 and sums the coefficient gradients with one ``bincount``; the compiled twin
-(traced by ``torch.compile``) uses ``where`` and K masked sums instead, because ``bincount``'s output
-shape depends on data (a graph break) while masked sums fuse into one pass. The first maximal piece
-wins ties in both.
+tracks the argmax as uint8 and sums the coefficient gradients with one ``bincount``. The compiled twin
+(traced by ``torch.compile``) cannot: ``bincount``'s output shape depends on data (a graph break). It
+finds each element's piece from the breakpoints of the max of lines (:func:`breakpoints`, a few
+coefficients' worth of work) with K - 1 compares, and sums each piece's gradient by a mask, all fused
+into one or two passes. The first maximal piece wins ties in both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.base import LearnableActivation
-from lit_ortho.activations.elementwise import columns, compute_dtype, fma, reduce_channels
+from lit_ortho.activations.elementwise import (
+    as_rows, columns, compute_dtype, fma, reduce_channels, row_length, tie_to_rows, zero_reading,
+)
 from lit_ortho.activations.family import Family, register_family
 from lit_ortho.activations.init import fit_activation, lbfgs_fit
 from lit_ortho.activations.spec import register_activation
@@ -131,30 +134,79 @@ def _winning_slope(coef: Tensor, arg: Tensor, channel_dim: int) -> Tensor:
 
 
 # ---- compiled ------------------------------------------------------------------------------------
-def _running_max_where(x: Tensor, slopes, intercepts, K: int, channel_dim: int):
-    """(max_k (s_k x + c_k), argmax as a float, slope of the argmax); the first maximum wins ties.
-    ``slopes`` is None for the fixed slopes 0..K-1."""
+def _max_of_lines(x: Tensor, slopes, intercepts: Tensor, channel_dim: int) -> Tensor:
+    """max_k (s_k x + c_k), one fused multiply-add and one max per line; ``slopes`` None: Tropical's 0..K-1."""
     c = columns(intercepts, x, channel_dim, contiguous=True)
-    s = fixed_slopes(K) if slopes is None else columns(slopes, x, channel_dim, contiguous=True)
-    best = fma(s[0], x, c[0])  # one fused multiply-add per line (a multiply and an add, unfused, in inductor's C++)
-    arg = torch.zeros_like(x)
-    win_slope = torch.zeros_like(x) + s[0]
-    for k in range(1, K):
-        cand = fma(s[k], x, c[k])
-        win = cand > best
-        arg = torch.where(win, float(k), arg)
-        win_slope = torch.where(win, s[k], win_slope)
-        best = torch.maximum(best, cand)
-    return best, arg, win_slope
+    s = fixed_slopes(len(c)) if slopes is None else columns(slopes, x, channel_dim, contiguous=True)
+    best = fma(s[0], x, c[0])
+    for k in range(1, len(c)):
+        best = torch.maximum(best, fma(s[k], x, c[k]))
+    return best
 
 
-def _masked_sums(weights: Tensor, arg: Tensor, K: int, per_channel: bool, channel_dim: int) -> Tensor:
-    """[K] (or [C, K]) sums of ``weights`` over the elements whose argmax is k: fused by inductor. (Shared sums
-    by rows, as Fourier's, measured the same for both tropical families: 1.13x against 1.16x, 2.45x against
-    2.32x compiled GELU at 256x160x16x16.)"""
+def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each line of max_k(s_k x + c_k) wins: (slopes sorted ascending, their order, thresholds T).
+
+    A max of lines is convex, so sorted by slope its winning line only moves up as x grows: the winner is
+    sorted line k or a later one exactly where x > T[k-1] (k = 1..K-1), T non-decreasing, and sorted line k
+    wins on (T[k-1], T[k]] (empty for a line that never wins). T[k-1] = min over lines i >= k of max over
+    j < k of the x above which line i beats line j, the first line (in the given order) winning a tie. Built
+    from the few coefficients in float64 and rounded down to their dtype, so ``x > T`` in that dtype is the
+    exact comparison. This is how the compiled backward finds the winning piece: K - 1 compares an
+    element instead of recomputing the running max and its argmax (Tropical-rational-6 at 6.3 M elements:
+    2.6x compiled GELU before, 1.7x after, in one process on 2 threads; benchmarks/RESULTS.md). Within a
+    rounding of a breakpoint the piece can differ from the one eager's float32 comparison of the lines picks.
+    """
+    wide = torch.float64
+    sorted_slopes, order = torch.sort(slopes, dim=-1, stable=True)
+    c = intercepts.gather(-1, order).to(wide)
+    s = sorted_slopes.to(wide)
+    s_i, s_j, c_i, c_j = s[..., :, None], s[..., None, :], c[..., :, None], c[..., None, :]
+    i_first = order[..., :, None] < order[..., None, :]
+    steeper = s_i > s_j
+    crossing = (c_j - c_i) / torch.where(steeper, s_i - s_j, torch.ones_like(s_i))
+    inf = torch.full_like(crossing, math.inf)
+    parallel = torch.where((c_i > c_j) | ((c_i == c_j) & i_first), -inf, inf)  # i beats j everywhere or nowhere
+    above = torch.where(steeper, crossing, parallel)  # line i beats line j where x > above[i, j] ...
+    low = above.to(slopes.dtype)  # ... or at x == above[i, j] too, when i comes first: x > the next float down
+    nudge = (low.to(wide) > above) | (i_first & steeper & (low.to(wide) == above))
+    low = torch.where(nudge, torch.nextafter(low, torch.full_like(low, -math.inf)), low)
+    k = torch.arange(slopes.shape[-1], device=slopes.device)
+    j_below_k = k[:, None] < k[None, 1:]  # [j, k] for k = 1..K-1
+    beats_all_below = torch.where(j_below_k, low[..., None], -math.inf).amax(-2)  # [..., i, k]: max over j < k
+    i_from_k = k[:, None] >= k[None, 1:]  # [i, k]
+    thresholds = torch.where(i_from_k, beats_all_below, math.inf).amin(-2)  # [..., k]: min over i >= k
+    # T is non-decreasing already (as k grows, a min over fewer lines of a max over more). Sorting changes no
+    # value; it makes inductor keep T as a buffer: it inlines reductions over at most 8 elements, and every
+    # element's loop would then recompute T from the coefficients (Tropical-3 at 6.3 M elements: 20x GELU).
+    return sorted_slopes, order, torch.sort(thresholds, dim=-1).values
+
+
+def _pieces(x: Tensor, slopes: Tensor, intercepts: Tensor, channel_dim: int):
+    """(for each sorted line, the mask of the elements where it wins; the winning slope at every element; the
+    sort order): K - 1 compares and K - 1 selects an element (:func:`breakpoints`)."""
+    sorted_slopes, order, thresholds = breakpoints(slopes, intercepts)
+    s = columns(sorted_slopes, x, channel_dim, contiguous=True)
+    above = [x > t for t in columns(thresholds, x, channel_dim, contiguous=True)]  # nested: T is non-decreasing
+    slope = torch.zeros_like(x) + s[0]
+    for k in range(1, len(s)):
+        slope = torch.where(above[k - 1], s[k], slope)
+    wins = [~above[0], *(a & ~b for a, b in zip(above, above[1:])), above[-1]]
+    return wins, slope, order
+
+
+def _sums_by_piece(weights: Tensor, wins: list[Tensor], order: Tensor, per_channel: bool, channel_dim: int,
+                   rows: int, grad_x: Tensor | None = None) -> Tensor:
+    """[K] (or [C, K]) sums of ``weights`` over the elements where each line wins, in the lines' own order.
+    ``grad_x`` (from :func:`tie_to_rows`, shared coefficients only): a sum reads it, so that dx is computed in the
+    sums' pass rather than in a second one (as in Fourier's backward). Per channel the sums and dx loop in
+    different orders and do not fuse, and the sum would only read dx back from memory: a third stream."""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-    sums = [reduce_channels(torch.where(arg == float(k), weights, zero), per_channel, channel_dim) for k in range(K)]
-    return torch.stack(sums, dim=-1)
+    masked = [torch.where(w, weights, zero) for w in wins]
+    if grad_x is not None:
+        masked[0] = masked[0] + zero_reading(grad_x)
+    sums = torch.stack([reduce_channels(t, per_channel, channel_dim, rows) for t in masked], -1)
+    return torch.zeros_like(sums).scatter(-1, order, sums)
 
 
 class _TropicalCompiled(torch.autograd.Function):
@@ -164,19 +216,21 @@ class _TropicalCompiled(torch.autograd.Function):
         ctx.channel_dim = channel_dim
         dtype = compute_dtype(x)
         xf = x.to(dtype)
-        best, _, _ = _running_max_where(xf, None, intercepts.to(dtype), intercepts.shape[-1], channel_dim)
-        return (best * scale.to(dtype)).to(x.dtype)
+        return (_max_of_lines(xf, None, intercepts.to(dtype), channel_dim) * scale.to(dtype)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, intercepts, scale = ctx.saved_tensors
         dtype, cd = compute_dtype(x), ctx.channel_dim
-        xf, g = x.to(dtype), grad_out.to(dtype) * scale.to(dtype)
-        K = intercepts.shape[-1]
-        _, arg, _ = _running_max_where(xf, None, intercepts.to(dtype), K, cd)
-        grad_x = (g * arg).to(x.dtype)
-        grad_c = _masked_sums(g, arg, K, intercepts.dim() == 2, cd)
-        return grad_x, grad_c.to(intercepts.dtype), None, None
+        per_channel = intercepts.dim() == 2
+        rows = row_length(x, per_channel)
+        xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype) * scale.to(dtype), rows)
+        c = intercepts.to(dtype)
+        slopes = torch.arange(c.shape[-1], dtype=dtype, device=c.device).expand(c.shape)
+        wins, slope, order = _pieces(xf, slopes, c, cd)
+        grad_x = tie_to_rows(g * slope, xf, rows)
+        grad_c = _sums_by_piece(g, wins, order, per_channel, cd, rows, grad_x if rows else None)
+        return grad_x.reshape(x.shape).to(x.dtype), grad_c.to(intercepts.dtype), None, None
 
 
 class _TropicalRationalCompiled(torch.autograd.Function):
@@ -186,27 +240,28 @@ class _TropicalRationalCompiled(torch.autograd.Function):
         ctx.channel_dim = channel_dim
         dtype = compute_dtype(x)
         xf = x.to(dtype)
-        K = num_slopes.shape[-1]
-        num, _, _ = _running_max_where(xf, num_slopes.to(dtype), num_intercepts.to(dtype), K, channel_dim)
-        den, _, _ = _running_max_where(xf, den_slopes.to(dtype), den_intercepts.to(dtype), K, channel_dim)
+        num = _max_of_lines(xf, num_slopes.to(dtype), num_intercepts.to(dtype), channel_dim)
+        den = _max_of_lines(xf, den_slopes.to(dtype), den_intercepts.to(dtype), channel_dim)
         return (num - den).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, p, c, q, d = ctx.saved_tensors
         dtype, cd = compute_dtype(x), ctx.channel_dim
-        xf, g = x.to(dtype), grad_out.to(dtype)
-        K, per_channel = p.shape[-1], p.dim() == 2
-        _, arg_n, slope_n = _running_max_where(xf, p.to(dtype), c.to(dtype), K, cd)
-        _, arg_d, slope_d = _running_max_where(xf, q.to(dtype), d.to(dtype), K, cd)
+        per_channel = p.dim() == 2
+        rows = row_length(x, per_channel)
+        xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype), rows)
         gx = g * xf
-        grad_x = (g * (slope_n - slope_d)).to(x.dtype)
+        wins_n, slope_n, order_n = _pieces(xf, p.to(dtype), c.to(dtype), cd)
+        wins_d, slope_d, order_d = _pieces(xf, q.to(dtype), d.to(dtype), cd)
+        grad_x = tie_to_rows(g * (slope_n - slope_d), xf, rows)
+        sums = lambda w, wins, order, dx=None: _sums_by_piece(w, wins, order, per_channel, cd, rows, dx)  # noqa: E731
         return (
-            grad_x,
-            _masked_sums(gx, arg_n, K, per_channel, cd).to(p.dtype),
-            _masked_sums(g, arg_n, K, per_channel, cd).to(c.dtype),
-            (-_masked_sums(gx, arg_d, K, per_channel, cd)).to(q.dtype),
-            (-_masked_sums(g, arg_d, K, per_channel, cd)).to(d.dtype),
+            grad_x.reshape(x.shape).to(x.dtype),
+            sums(gx, wins_n, order_n, grad_x if rows else None).to(p.dtype),
+            sums(g, wins_n, order_n).to(c.dtype),
+            (-sums(gx, wins_d, order_d)).to(q.dtype),
+            (-sums(g, wins_d, order_d)).to(d.dtype),
             None,
         )
 
