@@ -158,7 +158,8 @@ def test_compiled_pieces_match_eager_at_ties_and_dead_lines(family, compiled):
         pytest.skip("inductor's CPU backend needs a C++ compiler")
     grid = torch.arange(-48, 49) / 8.0  # every crossing of the coefficients above is a multiple of 1/8 in [-6, 6]
     gen = torch.Generator().manual_seed(4)
-    for values, shape, cd in [(_ties_and_dead_lines(family)[0], (97,), -1), (_ties_and_dead_lines(family)[1], (2, 97), 0)]:
+    shared, per_channel = _ties_and_dead_lines(family)
+    for values, shape, cd in [(shared, (97,), -1), (per_channel, (2, 97), 0)]:
         x = grid.expand(shape).contiguous()
         grad = torch.randn(shape, generator=gen)
         fn = FAMILIES[family].traced()

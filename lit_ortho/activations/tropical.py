@@ -198,12 +198,12 @@ def _pieces(x: Tensor, slopes: Tensor, intercepts: Tensor, channel_dim: int):
 def _sums_by_piece(weights: Tensor, wins: list[Tensor], order: Tensor, per_channel: bool, channel_dim: int,
                    rows: int, grad_x: Tensor | None = None) -> Tensor:
     """[K] (or [C, K]) sums of ``weights`` over the elements where each line wins, in the lines' own order.
-    ``grad_x`` (from :func:`tie_to_rows`, shared coefficients only): a sum reads it, so that dx is computed in the
-    sums' pass rather than in a second one (as in Fourier's backward). Per channel the sums and dx loop in
-    different orders and do not fuse, and the sum would only read dx back from memory: a third stream."""
+    ``grad_x`` (from :func:`tie_to_rows`): with ``rows``, a sum reads it, so that dx is computed in the sums'
+    pass rather than in a second one (as in Fourier's backward). Without rows (per channel) the sums and dx loop
+    in different orders and do not fuse, and the sum would only read dx back from memory: a third stream."""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
     masked = [torch.where(w, weights, zero) for w in wins]
-    if grad_x is not None:
+    if grad_x is not None and rows:
         masked[0] = masked[0] + zero_reading(grad_x)
     sums = torch.stack([reduce_channels(t, per_channel, channel_dim, rows) for t in masked], -1)
     return torch.zeros_like(sums).scatter(-1, order, sums)
@@ -226,10 +226,10 @@ class _TropicalCompiled(torch.autograd.Function):
         rows = row_length(x, per_channel)
         xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype) * scale.to(dtype), rows)
         c = intercepts.to(dtype)
-        slopes = torch.arange(c.shape[-1], dtype=dtype, device=c.device).expand(c.shape)
+        slopes = torch.tensor(fixed_slopes(c.shape[-1]), dtype=dtype, device=c.device).expand(c.shape)
         wins, slope, order = _pieces(xf, slopes, c, cd)
         grad_x = tie_to_rows(g * slope, xf, rows)
-        grad_c = _sums_by_piece(g, wins, order, per_channel, cd, rows, grad_x if rows else None)
+        grad_c = _sums_by_piece(g, wins, order, per_channel, cd, rows, grad_x)
         return grad_x.reshape(x.shape).to(x.dtype), grad_c.to(intercepts.dtype), None, None
 
 
@@ -258,7 +258,7 @@ class _TropicalRationalCompiled(torch.autograd.Function):
         sums = lambda w, wins, order, dx=None: _sums_by_piece(w, wins, order, per_channel, cd, rows, dx)  # noqa: E731
         return (
             grad_x.reshape(x.shape).to(x.dtype),
-            sums(gx, wins_n, order_n, grad_x if rows else None).to(p.dtype),
+            sums(gx, wins_n, order_n, grad_x).to(p.dtype),
             sums(g, wins_n, order_n).to(c.dtype),
             (-sums(gx, wins_d, order_d)).to(q.dtype),
             (-sums(g, wins_d, order_d)).to(d.dtype),
