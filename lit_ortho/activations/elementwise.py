@@ -66,7 +66,7 @@ def broadcast_to_channels(coef: Tensor, x: Tensor, channel_dim: int) -> Tensor:
 
 @torch.library.custom_op("lit_ortho::coefficient_columns", mutates_args=())
 def _transposed_copy(coef: Tensor) -> Tensor:
-    """``[C, K]`` per-channel coefficients as a materialised ``[K, C]`` tensor. A custom op because
+    """``[C, K]`` per-channel coefficients as a materialised ``[K, C]`` tensor (``[K]`` ones as a copy). A custom op because
     inductor inlines a transpose or ``.contiguous()`` into its consumer: the vector loop would then
     read each column with stride K, and inductor falls back to a scalar loop for such loads."""
     return coef.t().clone(memory_format=torch.contiguous_format)
@@ -74,16 +74,19 @@ def _transposed_copy(coef: Tensor) -> Tensor:
 
 @_transposed_copy.register_fake
 def _(coef: Tensor) -> Tensor:
-    return coef.new_empty((coef.shape[1], coef.shape[0]))
+    return coef.new_empty(coef.shape[::-1])
 
 
-def columns(coef: Tensor, x: Tensor, channel_dim: int, contiguous: bool = False) -> list[Tensor]:
+def columns(coef: Tensor, x: Tensor, channel_dim: int, contiguous: bool = False, materialise: bool = False) -> list[Tensor]:
     """The K columns of a ``[K]`` or ``[C, K]`` coefficient tensor, each shaped to broadcast against ``x``.
 
     ``contiguous=True`` (the compiled twins) makes each per-channel column a contiguous ``[C]`` tensor,
     so inductor keeps the loop over ``x`` vectorised; eager code takes strided views (no copy).
+    ``materialise=True`` copies shared ``[K]`` coefficients too: inductor then loads each from a buffer instead
+    of recomputing, for every vector of ``x``, whatever arithmetic on the coefficients came before.
     """
-    rows = _transposed_copy(coef) if contiguous and coef.dim() == 2 else coef.movedim(-1, 0)
+    copy = contiguous and (coef.dim() == 2 or materialise)
+    rows = _transposed_copy(coef) if copy else coef.movedim(-1, 0)
     return [broadcast_to_channels(rows[k], x, channel_dim) for k in range(coef.shape[-1])]
 
 

@@ -3,11 +3,12 @@
 Two formulations of the same function and gradients, both saving only x and the coefficients:
 
 * ``_FourierFunction`` (eager): ``torch.cos`` / ``torch.sin`` per term;
-* ``_FourierCompiled`` (traced by ``torch.compile``): one range reduction to [-pi/2, pi/2] and two
-  short polynomials give sin and cos together (float32: max abs error 1.7e-7, about one rounding, for
-  |w x - phi| < 16383),
-  with no select or branch; float64 inputs keep ``torch.sin``/``torch.cos``. The polynomials use
-  inductor's fused multiply-add, and the backward computes dx inside the loop of the 3K+1 coefficient
+* ``_FourierCompiled`` (traced by ``torch.compile``): the arguments in half turns, (w x - phi) / pi, one
+  exact range reduction to [-1/2, 1/2] and two short polynomials give sin and cos together (float32: max
+  abs error 1.9e-7, about one rounding, for |w x - phi| < 1.3e7; the argument itself carries a few
+  roundings of w x, as eager's ``w * x - phi`` does), with no select or branch; float64 inputs keep
+  ``torch.sin``/``torch.cos``. Products of coefficients are computed once a call, not per element. The
+  polynomials use inductor's fused multiply-add, and the backward computes dx inside the loop of the 3K+1 coefficient
   sums rather than in a second loop that would recompute every sine. With shared coefficients the
   sums go row by row, which spares inductor its per-vector cascade-summation bookkeeping.
 """
@@ -27,7 +28,7 @@ from lit_ortho.activations.family import Family, register_family
 from lit_ortho.activations.init import lbfgs_fit
 from lit_ortho.activations.spec import register_activation
 
-__all__ = ["FourierActivation", "FOURIER_C", "fourier", "fourier_compiled", "sincos", "cos"]
+__all__ = ["FourierActivation", "FOURIER_C", "fourier", "fourier_compiled", "sincos_pi", "cos_pi"]
 
 FOURIER_C = 1.0 / math.sqrt(1.0 + sum(1.0 / math.factorial(k) ** 2 for k in range(1, 40)))  # 1/sqrt(I0(2))
 
@@ -80,15 +81,15 @@ class _FourierFunction(torch.autograd.Function):
 
 
 # ---- compiled: sine and cosine by polynomials, one pass each way ------------------------------------
-_INV_PI = 1.0 / math.pi
-# pi in two parts: 3217 / 1024 (12 significant bits, so j * PI_PARTS[0] is exact for |j| < 5215, |z| < 16383)
-# and the float32 nearest the rest (off by 3.3e-13: 1.7e-9 in r at |j| = 5215). Beyond |z| = 16383 the error
-# grows (4e-3 by 1e5), as does z's own float32 spacing (2**-9 and up), which moves sin z as much.
-PI_PARTS = (3.1416015625, -8.90890987648163e-06)
-# Near-minimax polynomials on [-pi/2, pi/2] in t = r^2 (fitted here; max abs error 1.5e-7 in float32):
-# sin r = r * S(t), cos r = C(t).
-SIN_COEFFS = (1.0, -0.16666658222675323, 0.008333050645887852, -0.00019809075456578285, 2.6052248358610086e-06)
-COS_COEFFS = (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.476016197761055e-05, -2.605149518331018e-07)
+# The compiled twin takes the arguments in half turns, u = z / pi = (w / pi) x - phi / pi (the coefficients
+# scaled once a call, :func:`_half_turns`): then u - round(u) is exact for every float32 |u| < 2**22, with no
+# multiple of pi to subtract, one operation fewer per sine-cosine than reducing z itself. Near-minimax polynomials on
+# [-1/2, 1/2] in t = f^2 (fitted here for r = pi f in [-pi/2, pi/2], max abs error 1.5e-7 in float32, the
+# coefficients scaled by powers of pi): sin(pi f) = f * S(t), cos(pi f) = C(t).
+SIN_COEFFS = tuple(c * math.pi ** (2 * i + 1) for i, c in enumerate(
+    (1.0, -0.16666658222675323, 0.008333050645887852, -0.00019809075456578285, 2.6052248358610086e-06)))
+COS_COEFFS = tuple(c * math.pi ** (2 * i) for i, c in enumerate(
+    (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.476016197761055e-05, -2.605149518331018e-07)))
 
 
 # Adding 1.5 * 2**23 to a float32 of magnitude below 2**22 rounds it to an integer, held in the sum's low
@@ -96,16 +97,13 @@ COS_COEFFS = (1.0, -0.5, 0.04166663810610771, -0.0013888361863791943, 2.47601619
 _ROUNDER = 12582912.0
 
 
-def _reduce_pi(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """z = j pi + r with r in [-pi/2, pi/2]: (r, r^2, the sign bit of (-1)^j as an int32), no branch or select.
-
-    j = round(z / pi) by the rounding constant (no floor), and (-1)^j is j's parity moved to the sign bit,
-    to be xor-ed into a result (:func:`_with_sign`): three operations fewer per sine-cosine than a floor
-    and a sign computed in floats, and one fewer for pi in two parts rather than three."""
-    k = fma(z, _INV_PI, _ROUNDER)
-    j = k - _ROUNDER
-    r = fma(j, -PI_PARTS[1], fma(j, -PI_PARTS[0], z))
-    return r, r * r, k.view(torch.int32) << 31
+def _reduce_half_turns(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """u = j + f with j an integer and f in [-1/2, 1/2]: (f, f^2, the sign bit of (-1)^j as an int32), no branch
+    or select. j = round(u) by the rounding constant (no floor); f = u - j is exact; (-1)^j is j's parity moved
+    to the sign bit, to be xor-ed into a result (:func:`_with_sign`)."""
+    k = u + _ROUNDER
+    f = u - (k - _ROUNDER)
+    return f, f * f, k.view(torch.int32) << 31
 
 
 def _with_sign(t: Tensor, sign_bit: Tensor) -> Tensor:
@@ -119,20 +117,37 @@ def _horner(t: Tensor, coeffs) -> Tensor:
     return acc
 
 
-def sincos(z: Tensor) -> tuple[Tensor, Tensor]:
-    """(sin z, cos z) from one shared range reduction and two short polynomials (float32);
-    float64 inputs use torch.sin / torch.cos."""
-    if z.dtype == torch.float64:
-        return torch.sin(z), torch.cos(z)
-    r, t, sign_bit = _reduce_pi(z)
-    return _with_sign(r, sign_bit) * _horner(t, SIN_COEFFS), _with_sign(_horner(t, COS_COEFFS), sign_bit)
+def sincos_pi(u: Tensor) -> tuple[Tensor, Tensor]:
+    """(sin(pi u), cos(pi u)) from one shared reduction and two short polynomials (float32: max abs error
+    about 1.9e-7 for |u| < 2**22, where the rounding constant holds round(u) exactly); float64 inputs use
+    torch.sin / torch.cos of pi u."""
+    if u.dtype == torch.float64:
+        return torch.sin(u * math.pi), torch.cos(u * math.pi)
+    f, t, sign_bit = _reduce_half_turns(u)
+    return _with_sign(f, sign_bit) * _horner(t, SIN_COEFFS), _with_sign(_horner(t, COS_COEFFS), sign_bit)
 
 
-def cos(z: Tensor) -> Tensor:
-    if z.dtype == torch.float64:
-        return torch.cos(z)
-    _, t, sign_bit = _reduce_pi(z)
+def cos_pi(u: Tensor) -> Tensor:
+    """cos(pi u), as :func:`sincos_pi`."""
+    if u.dtype == torch.float64:
+        return torch.cos(u * math.pi)
+    _, t, sign_bit = _reduce_half_turns(u)
     return _with_sign(_horner(t, COS_COEFFS), sign_bit)
+
+
+def _half_turns(frequencies: Tensor, phases: Tensor) -> tuple[Tensor, Tensor]:
+    """(w / pi, -phi / pi): u = (w / pi) x - phi / pi is the argument w x - phi in half turns (a multiply
+    by 1/pi, not a division: a division costs ~10 multiplies wherever inductor puts it)."""
+    return frequencies * (1 / math.pi), phases * (-1 / math.pi)
+
+
+def _term_columns(x: Tensor, channel_dim: int, *per_term: Tensor) -> list[list[Tensor]]:
+    """Each ``[K]`` (or ``[C, K]``) per-term coefficient tensor as K columns, all computed once a call into one
+    materialised buffer (:func:`columns`): inductor would otherwise recompute every product of coefficients,
+    and the scalings by 1/pi and 1/k!, for each vector of x."""
+    K = per_term[0].shape[-1]
+    flat = columns(torch.cat(per_term, dim=-1), x, channel_dim, contiguous=True, materialise=True)
+    return [flat[i * K : (i + 1) * K] for i in range(len(per_term))]
 
 
 class _FourierCompiled(torch.autograd.Function):
@@ -142,10 +157,12 @@ class _FourierCompiled(torch.autograd.Function):
         ctx.channel_dim = channel_dim
         dtype = compute_dtype(x)
         xf = x.to(dtype)
-        c, phi, w = (columns(t.to(dtype), xf, channel_dim, contiguous=True) for t in (amplitudes, phases, frequencies))
+        inv_facts = amplitudes.new_tensor(inverse_factorials(amplitudes.shape[-1])[1:], dtype=dtype)
+        w, phi, weight = _term_columns(xf, channel_dim, *_half_turns(frequencies.to(dtype), phases.to(dtype)),
+                                       amplitudes.to(dtype) * inv_facts)
         y = torch.zeros_like(xf) + columns(bias.to(dtype), xf, channel_dim, contiguous=True)[0]
-        for k, inv_fact in enumerate(inverse_factorials(amplitudes.shape[-1])[1:]):
-            y = fma(c[k] * inv_fact, cos(fma(w[k], xf, -phi[k])), y)
+        for k in range(len(w)):  # argument in half turns: u_k = (w_k / pi) x - phi_k / pi
+            y = fma(weight[k], cos_pi(fma(w[k], xf, phi[k])), y)
         return y.to(x.dtype)
 
     @staticmethod
@@ -155,12 +172,13 @@ class _FourierCompiled(torch.autograd.Function):
         cd, per_channel = ctx.channel_dim, bias.dim() == 2
         rows = row_length(x, per_channel)
         xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype), rows)
-        c, phi, w = (columns(t.to(dtype), xf, cd, contiguous=True) for t in (amplitudes, phases, frequencies))
         inv_facts = inverse_factorials(amplitudes.shape[-1])[1:]
-        trig = [sincos(fma(w[k], xf, -phi[k])) for k in range(len(inv_facts))]  # (sin z_k, cos z_k)
+        a, w = amplitudes.to(dtype) * amplitudes.new_tensor(inv_facts, dtype=dtype), frequencies.to(dtype)
+        w_pi, phi_pi, slope = _term_columns(xf, cd, *_half_turns(w, phases.to(dtype)), -a * w)
+        trig = [sincos_pi(fma(w_pi[k], xf, phi_pi[k])) for k in range(len(inv_facts))]  # (sin z_k, cos z_k)
         dydx = torch.zeros_like(xf)
-        for k, inv_fact in enumerate(inv_facts):
-            dydx = fma(c[k] * (-inv_fact) * w[k], trig[k][0], dydx)
+        for k in range(len(inv_facts)):  # dF/dx = -sum_k (c_k / k!) w_k sin z_k
+            dydx = fma(slope[k], trig[k][0], dydx)
         grad_x = tie_to_rows(g * dydx, xf, rows)
         total = lambda t: reduce_channels(t, per_channel, cd, rows)  # noqa: E731
         # One pass over the elements for dx and all 3K+1 sums. Inductor schedules the sums first and

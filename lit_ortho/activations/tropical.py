@@ -183,29 +183,34 @@ def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 def _pieces(x: Tensor, slopes: Tensor, intercepts: Tensor, channel_dim: int):
-    """(for each sorted line, the mask of the elements where it wins; the winning slope at every element; the
-    sort order): K - 1 compares and K - 1 selects an element (:func:`breakpoints`)."""
+    """(the masks ``x > T[k]`` for k = 0..K-2, nested since T is non-decreasing; the winning slope at every
+    element; the sort order): K - 1 compares and K - 1 selects an element (:func:`breakpoints`)."""
     sorted_slopes, order, thresholds = breakpoints(slopes, intercepts)
     s = columns(sorted_slopes, x, channel_dim, contiguous=True)
-    above = [x > t for t in columns(thresholds, x, channel_dim, contiguous=True)]  # nested: T is non-decreasing
+    above = [x > t for t in columns(thresholds, x, channel_dim, contiguous=True)]
     slope = torch.zeros_like(x) + s[0]
     for k in range(1, len(s)):
         slope = torch.where(above[k - 1], s[k], slope)
-    wins = [~above[0], *(a & ~b for a, b in zip(above, above[1:])), above[-1]]
-    return wins, slope, order
+    return above, slope, order
 
 
-def _sums_by_piece(weights: Tensor, wins: list[Tensor], order: Tensor, per_channel: bool, channel_dim: int,
-                   rows: int, grad_x: Tensor | None = None) -> Tensor:
+def _sums_by_piece(weights: Tensor, above: list[Tensor], order: Tensor, per_channel: bool, channel_dim: int,
+                   rows: int, total: Tensor | None = None, grad_x: Tensor | None = None) -> Tensor:
     """[K] (or [C, K]) sums of ``weights`` over the elements where each line wins, in the lines' own order.
+
+    Summed over the elements above each breakpoint (one select and one add an element and breakpoint), the
+    piece sums are differences of neighbours: sorted line k wins on (T[k-1], T[k]]. A line that never wins
+    gets exactly zero (its two neighbours sum the same elements in the same order). ``total``: the sum over
+    every element, when the caller has it (the two max-plus polynomials of Tropical-rational share it).
     ``grad_x`` (from :func:`tie_to_rows`): with ``rows``, a sum reads it, so that dx is computed in the sums'
     pass rather than in a second one (as in Fourier's backward). Without rows (per channel) the sums and dx loop
     in different orders and do not fuse, and the sum would only read dx back from memory: a third stream."""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-    masked = [torch.where(w, weights, zero) for w in wins]
-    if grad_x is not None and rows:
-        masked[0] = masked[0] + zero_reading(grad_x)
-    sums = torch.stack([reduce_channels(t, per_channel, channel_dim, rows) for t in masked], -1)
+    reduce = lambda t: reduce_channels(t, per_channel, channel_dim, rows)  # noqa: E731
+    if total is None:
+        total = reduce(weights + zero_reading(grad_x) if grad_x is not None and rows else weights)
+    cumulative = torch.stack([total, *(reduce(torch.where(a, weights, zero)) for a in above)], -1)
+    sums = torch.cat([cumulative[..., :-1] - cumulative[..., 1:], cumulative[..., -1:]], -1)
     return torch.zeros_like(sums).scatter(-1, order, sums)
 
 
@@ -227,9 +232,9 @@ class _TropicalCompiled(torch.autograd.Function):
         xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype) * scale.to(dtype), rows)
         c = intercepts.to(dtype)
         slopes = torch.tensor(fixed_slopes(c.shape[-1]), dtype=dtype, device=c.device).expand(c.shape)
-        wins, slope, order = _pieces(xf, slopes, c, cd)
+        above, slope, order = _pieces(xf, slopes, c, cd)
         grad_x = tie_to_rows(g * slope, xf, rows)
-        grad_c = _sums_by_piece(g, wins, order, per_channel, cd, rows, grad_x)
+        grad_c = _sums_by_piece(g, above, order, per_channel, cd, rows, grad_x=grad_x)
         return grad_x.reshape(x.shape).to(x.dtype), grad_c.to(intercepts.dtype), None, None
 
 
@@ -252,16 +257,19 @@ class _TropicalRationalCompiled(torch.autograd.Function):
         rows = row_length(x, per_channel)
         xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype), rows)
         gx = g * xf
-        wins_n, slope_n, order_n = _pieces(xf, p.to(dtype), c.to(dtype), cd)
-        wins_d, slope_d, order_d = _pieces(xf, q.to(dtype), d.to(dtype), cd)
+        above_n, slope_n, order_n = _pieces(xf, p.to(dtype), c.to(dtype), cd)
+        above_d, slope_d, order_d = _pieces(xf, q.to(dtype), d.to(dtype), cd)
         grad_x = tie_to_rows(g * (slope_n - slope_d), xf, rows)
-        sums = lambda w, wins, order, dx=None: _sums_by_piece(w, wins, order, per_channel, cd, rows, dx)  # noqa: E731
+        reduce = lambda t: reduce_channels(t, per_channel, cd, rows)  # noqa: E731
+        total_g = reduce(g + zero_reading(grad_x)) if rows else reduce(g)
+        total_gx = reduce(gx)  # both polynomials' sums over every element
+        sums = lambda w, above, order, total: _sums_by_piece(w, above, order, per_channel, cd, rows, total)  # noqa: E731
         return (
             grad_x.reshape(x.shape).to(x.dtype),
-            sums(gx, wins_n, order_n, grad_x).to(p.dtype),
-            sums(g, wins_n, order_n).to(c.dtype),
-            (-sums(gx, wins_d, order_d)).to(q.dtype),
-            (-sums(g, wins_d, order_d)).to(d.dtype),
+            sums(gx, above_n, order_n, total_gx).to(p.dtype),
+            sums(g, above_n, order_n, total_g).to(c.dtype),
+            (-sums(gx, above_d, order_d, total_gx)).to(q.dtype),
+            (-sums(g, above_d, order_d, total_g)).to(d.dtype),
             None,
         )
 
