@@ -195,22 +195,24 @@ def _pieces(x: Tensor, slopes: Tensor, intercepts: Tensor, channel_dim: int):
 
 
 def _sums_by_piece(weights: Tensor, above: list[Tensor], order: Tensor, per_channel: bool, channel_dim: int,
-                   rows: int, total: Tensor | None = None, grad_x: Tensor | None = None) -> Tensor:
+                   rows: int, grad_x: Tensor | None = None) -> Tensor:
     """[K] (or [C, K]) sums of ``weights`` over the elements where each line wins, in the lines' own order.
 
-    Summed over the elements above each breakpoint (one select and one add an element and breakpoint), the
-    piece sums are differences of neighbours: sorted line k wins on (T[k-1], T[k]]. A line that never wins
-    gets exactly zero (its two neighbours sum the same elements in the same order). ``total``: the sum over
-    every element, when the caller has it (the two max-plus polynomials of Tropical-rational share it).
-    ``grad_x`` (from :func:`tie_to_rows`): with ``rows``, a sum reads it, so that dx is computed in the sums'
-    pass rather than in a second one (as in Fourier's backward). Without rows (per channel) the sums and dx loop
-    in different orders and do not fuse, and the sum would only read dx back from memory: a third stream."""
+    Sorted line k wins on (T[k-1], T[k]]: the first line's sum is taken over x <= T[0], the others' as
+    differences of the sums over x > T[k] (one select and one add an element and breakpoint, no masks to
+    combine). A line that never wins gets exactly zero (its two neighbours sum the same elements in the same
+    order). ``grad_x`` (from :func:`tie_to_rows`): with ``rows``, a sum reads it, so that dx is computed in the
+    sums' pass rather than in a second one (as in Fourier's backward). Without rows (per channel) the sums and dx
+    loop in different orders and do not fuse, and the sum would only read dx back from memory: a third stream.
+    Every sum reads a per-channel threshold: a plain sum of ``weights`` (the total, to difference the first
+    line's from) would loop differently from dx per channel on dim 1 and split their pass in two."""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
     reduce = lambda t: reduce_channels(t, per_channel, channel_dim, rows)  # noqa: E731
-    if total is None:
-        total = reduce(weights + zero_reading(grad_x) if grad_x is not None and rows else weights)
-    cumulative = torch.stack([total, *(reduce(torch.where(a, weights, zero)) for a in above)], -1)
-    sums = torch.cat([cumulative[..., :-1] - cumulative[..., 1:], cumulative[..., -1:]], -1)
+    first = torch.where(above[0], zero, weights)
+    if grad_x is not None and rows:
+        first = first + zero_reading(grad_x)
+    above_sums = torch.stack([reduce(torch.where(a, weights, zero)) for a in above], -1)
+    sums = torch.cat([reduce(first)[..., None], above_sums[..., :-1] - above_sums[..., 1:], above_sums[..., -1:]], -1)
     return torch.zeros_like(sums).scatter(-1, order, sums)
 
 
@@ -260,16 +262,13 @@ class _TropicalRationalCompiled(torch.autograd.Function):
         above_n, slope_n, order_n = _pieces(xf, p.to(dtype), c.to(dtype), cd)
         above_d, slope_d, order_d = _pieces(xf, q.to(dtype), d.to(dtype), cd)
         grad_x = tie_to_rows(g * (slope_n - slope_d), xf, rows)
-        reduce = lambda t: reduce_channels(t, per_channel, cd, rows)  # noqa: E731
-        total_g = reduce(g + zero_reading(grad_x)) if rows else reduce(g)
-        total_gx = reduce(gx)  # both polynomials' sums over every element
-        sums = lambda w, above, order, total: _sums_by_piece(w, above, order, per_channel, cd, rows, total)  # noqa: E731
+        sums = lambda w, above, order, dx=None: _sums_by_piece(w, above, order, per_channel, cd, rows, dx)  # noqa: E731
         return (
             grad_x.reshape(x.shape).to(x.dtype),
-            sums(gx, above_n, order_n, total_gx).to(p.dtype),
-            sums(g, above_n, order_n, total_g).to(c.dtype),
-            (-sums(gx, above_d, order_d, total_gx)).to(q.dtype),
-            (-sums(g, above_d, order_d, total_g)).to(d.dtype),
+            sums(gx, above_n, order_n, grad_x).to(p.dtype),
+            sums(g, above_n, order_n).to(c.dtype),
+            (-sums(gx, above_d, order_d)).to(q.dtype),
+            (-sums(g, above_d, order_d)).to(d.dtype),
             None,
         )
 
