@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.base import LearnableActivation
-from lit_ortho.activations.elementwise import columns, compute_dtype, dot, reduce_channels
+from lit_ortho.activations.elementwise import channel_reading, columns, compute_dtype, dot, reduce_channels
 from lit_ortho.activations.family import Family, register_family
 from lit_ortho.activations.spec import register_activation
 
@@ -149,6 +149,8 @@ class _HermiteFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dF/dx = sum_{k>=1} a_k P_{k-1}: Clenshaw on the shifted coefficients
             grad_x = (g * clenshaw(xf, _columns(coefficients.to(dtype)[..., 1:], xf, cd))).to(x.dtype)
         if ctx.needs_input_grad[1]:  # dF/da_k = P_k
+            if per_channel and torch.compiler.is_compiling():  # the sums then share dx's pass (P_k reads no coefficient)
+                g = channel_reading(g, coefficients.to(dtype), xf, cd)
             raw = [reduce_channels(g, per_channel, cd), dot(g, xf, per_channel, cd)]
             raw += [dot(g, p, per_channel, cd) for p in hermite_basis(xf, n)]
             grad_a = torch.stack(raw, dim=-1).to(coefficients.dtype)
