@@ -188,7 +188,7 @@ class _FourierCompiled(torch.autograd.Function):
         gx = g * xf
         grad_c, grad_phi, grad_w = [], [], []
         for k, ((sin_z, cos_z), inv_fact) in enumerate(zip(trig, inv_facts)):
-            weight = amplitudes[..., k].to(dtype) * inv_fact
+            weight = a[..., k]  # c_k / k!
             grad_c.append(total(g * cos_z) * inv_fact)
             grad_phi.append(total(g * sin_z) * weight)
             grad_w.append(-total(gx * sin_z) * weight)
