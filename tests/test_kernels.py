@@ -423,10 +423,10 @@ def test_inductor_sums_per_channel_gradients_by_rows(family):
 @pytest.mark.parametrize("family", ["hermite", "fourier", "tropical", "tropical_rational"])
 @pytest.mark.codegen
 def test_inductor_vectorises_per_channel_coefficients(family):
-    """Per-channel [C, K] coefficients along the last dim: each column must reach the loop as a
-    contiguous [C] vector. A strided column makes inductor fall back to a scalar loop (one element
-    per step), several times slower."""
-    forward, _ = _generated_cpp(_module(family, per_channel=96), torch.randn(64, 96, requires_grad=True))
+    """Per-channel [C, K] coefficients along the last dim, compiled twin (backend='eager'; "auto" runs the C++ kernels
+    there, and the twin where they cannot be built): each column must reach the loop as a contiguous [C] vector. A
+    strided column makes inductor fall back to a scalar loop (one element per step), several times slower."""
+    forward, _ = _generated_cpp(_module(family, per_channel=96, backend="eager"), torch.randn(64, 96, requires_grad=True))
     steps = re.findall(r"for\(int64_t x1=static_cast<int64_t>\(0L\); x1<static_cast<int64_t>\(96L\); "
                        r"x1\+=static_cast<int64_t>\((\d+)L\)", forward)
     assert steps and all(int(step) > 1 for step in steps), steps

@@ -7,7 +7,7 @@ Layers, bottom to top (a module imports only modules above it in this list, neve
 * :mod:`.fixed`: fixed activations torch lacks (Hugging Face's exact GELU formulas);
 * :mod:`.elementwise`: compute dtype, coefficient broadcasting, channel sums;
 * :mod:`.family`: one record per learnable family, from which every per-family table is derived;
-* :mod:`.kernels`: Triton kernels and the ``torch.ops.lit_ortho`` custom ops;
+* :mod:`.kernels`: Triton and C++ CPU kernels and the ``torch.ops.lit_ortho`` custom ops;
 * :mod:`.backends`: which code computes F (eager, the compiled twin, or the kernels);
 * :mod:`.init`: Gaussian gains, the unit-gain init, fitting to a target activation;
 * :mod:`.base`: ``LearnableActivation``, the nn.Module base class;

@@ -11,7 +11,9 @@
   kernel: one pass over memory each way where eager PyTorch makes one per operation); ``"eager"`` otherwise
   (smaller CPU inputs, float64, no triton). Set ``LIT_ORTHO_LAZY_COMPILE`` to ``off`` to keep CPU calls
   eager, or to a number of elements to move the threshold (``0``: always). If compiling fails (no C++
-  compiler, say) the family warns once and stays eager.
+  compiler, say) the family warns once and stays eager. With per-channel values on the innermost dim of
+  memory, CPU inputs run the family's C++ kernels instead (:func:`use_cpu_kernels`), in eager code and under
+  ``torch.compile``: inductor cannot fuse the coefficient sums of that layout with dx.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.family import Family
-from lit_ortho.activations.kernels import TRITON_AVAILABLE, TRITON_DTYPES, check_device, ops
+from lit_ortho.activations.kernels import TRITON_AVAILABLE, TRITON_DTYPES, check_device, cpu_channels_last, ops
 from lit_ortho.errors import UsageError
 
-__all__ = ["BACKENDS", "LAZY_COMPILE_MIN_ELEMENTS", "lazy_compile_threshold", "use_triton", "run"]
+__all__ = ["BACKENDS", "LAZY_COMPILE_MIN_ELEMENTS", "CPU_KERNEL_MIN_ELEMENTS", "lazy_compile_threshold", "use_triton",
+           "use_cpu_kernels", "run"]
 
 BACKENDS = ("auto", "eager", "triton")
 
 #: Below this many elements a CPU call stays eager: compiling (1.5-8 s per family and shape on 2 cores) would
 #: cost a short run more than it saves (benchmarks/RESULTS.md, "eager CPU ... lazily compiled kernel").
 LAZY_COMPILE_MIN_ELEMENTS = 1 << 22
+#: From this many elements an eager CPU call with per-channel values on the innermost dim runs the C++ kernels
+#: (built once per machine, ~1 s; below this the Python around a call costs more than eager PyTorch saves).
+CPU_KERNEL_MIN_ELEMENTS = 1 << 16
 LAZY_COMPILE_ENV = "LIT_ORTHO_LAZY_COMPILE"
 _COMPILED: dict[str, Callable[..., Tensor]] = {}
 _EAGER_ONLY: set[str] = set()  # families whose compilation failed here: eager from then on
@@ -82,10 +88,33 @@ def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
     return True
 
 
+def use_cpu_kernels(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
+    """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: per-channel values on the innermost dim of memory
+    (:mod:`~lit_ortho.activations.kernels.cpu_channels_last`), under ``torch.compile`` or from
+    :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
+    if backend != "auto" or family.cpu is None or not cpu_channels_last.applies(x, values, channel_dim):
+        return False
+    if not torch.compiler.is_compiling():
+        threshold = lazy_compile_threshold()
+        if threshold is None or x.numel() < min(threshold, CPU_KERNEL_MIN_ELEMENTS) or torch._C._are_functorch_transforms_active():
+            return False
+    return _cpu_kernels_ready(family.name, cpu_channels_last.coefficient_count(values))
+
+
+@torch.compiler.assume_constant_result  # run, not traced, by torch.compile: it compiles C++ and registers ops
+def _cpu_kernels_ready(family: str, K: int) -> bool:
+    if not cpu_channels_last.available(K):
+        return False
+    ops.op(family, "cpu")  # registers the family's custom ops
+    return True
+
+
 def run(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> Tensor:
     """F(x) for the family's value tensors, by the chosen backend."""
     if use_triton(backend, x, family):
         return ops.op(family.name)(x, *values, channel_dim)
+    if use_cpu_kernels(family, backend, x, values, channel_dim):
+        return ops.op(family.name, "cpu")(x, *values, channel_dim)
     if torch.compiler.is_compiling():
         return family.traced()(x, *values, channel_dim=channel_dim)
     compiled = _lazily_compiled(family, backend, x)

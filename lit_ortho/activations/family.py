@@ -15,7 +15,16 @@ from torch import Tensor
 
 from lit_ortho.errors import unknown_choice
 
-__all__ = ["Family", "FAMILIES", "register_family", "get_family"]
+__all__ = ["Family", "Launchers", "FAMILIES", "register_family", "get_family"]
+
+
+@dataclass(frozen=True)
+class Launchers:
+    """A family's entry points into compiled kernels: ``forward(x, *values, channel_dim)`` and
+    ``backward(grad, x, *values, channel_dim, need_x, need_values) -> (grad_x, *grads of the learnable values)``."""
+
+    forward: Callable[..., Tensor]
+    backward: Callable[..., tuple]
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class Family:
         triton: dotted path of a module with ``forward(x, *values, channel_dim)`` and
             ``backward(grad, x, *values, channel_dim, need_x, need_values)`` Triton launchers (imported
             on first use); ``None``: no kernels, the family runs eager (and compiled) everywhere.
+        cpu: launchers of the C++ CPU kernels for per-channel values on the innermost dim of memory
+            (:mod:`lit_ortho.activations.kernels.cpu_channels_last`); ``None``: the compiled twin runs there.
         fit: ``fit(module, x, y, dy, weight) -> {value name: tensor}``: a family-specific fit to a
             target; ``None``: the generic L-BFGS fit of :mod:`lit_ortho.activations.init`.
     """
@@ -43,6 +54,7 @@ class Family:
     eager: Callable[..., Tensor]
     compiled: Optional[Callable[..., Tensor]] = None
     triton: Optional[str] = None
+    cpu: Optional[Launchers] = None
     fit: Optional[Callable[..., dict]] = None
 
     def __post_init__(self) -> None:

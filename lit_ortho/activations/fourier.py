@@ -24,7 +24,8 @@ from lit_ortho.activations.base import LearnableActivation
 from lit_ortho.activations.elementwise import (
     as_rows, columns, compute_dtype, fma, inverse_factorials, reduce_channels, row_length, tie_to_rows, zero_reading,
 )
-from lit_ortho.activations.family import Family, register_family
+from lit_ortho.activations.family import Family, Launchers, register_family
+from lit_ortho.activations.kernels import cpu_channels_last
 from lit_ortho.activations.init import lbfgs_fit
 from lit_ortho.activations.spec import register_activation
 
@@ -205,6 +206,29 @@ def fourier_compiled(x, bias, amplitudes, phases, frequencies, channel_dim=-1):
     return _FourierCompiled.apply(x, bias, amplitudes, phases, frequencies, channel_dim)
 
 
+def _cpu_rows(bias, amplitudes, phases, frequencies) -> tuple[int, Tensor, list[Tensor]]:
+    """(K, c_k / k!, the C++ forward's rows: bias, w / pi, -phi / pi, c_k / k!)."""
+    K = amplitudes.shape[-1]
+    weight = amplitudes.float() * amplitudes.new_tensor(inverse_factorials(K)[1:], dtype=torch.float32)
+    return K, weight, [bias, *_half_turns(frequencies.float(), phases.float()), weight]
+
+
+def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
+    K, _, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
+    return cpu_channels_last.forward("fourier", K, x, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
+
+
+def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
+    K, weight, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
+    rows.append(-weight * frequencies.float())  # dF/dx = -sum_k (c_k / k!) w_k sin z_k
+    dx, sums = cpu_channels_last.backward("fourier", K, grad, x, channel_dim, rows, 1 + 3 * K, need_x,
+                                          SIN_COEFFS + COS_COEFFS)
+    sums = sums.t()  # [C, 1 + 3K]: g, then per term g cos z, g sin z, g x sin z
+    inv_facts = sums.new_tensor(inverse_factorials(K)[1:])
+    return (dx, sums[:, :1].to(bias.dtype), (sums[:, 1::3] * inv_facts).to(amplitudes.dtype),
+            (sums[:, 2::3] * weight).to(phases.dtype), (-sums[:, 3::3] * weight).to(frequencies.dtype))
+
+
 def _fit_fourier(module, x, y, dy, weight) -> dict[str, Tensor]:
     """Linear least squares over (a0, cos, sin) at frequencies k*w0 for a few w0, then L-BFGS on all."""
     n = module.degree
@@ -241,6 +265,7 @@ FOURIER = register_family(Family(
     eager=fourier,
     compiled=fourier_compiled,
     triton="lit_ortho.activations.kernels.triton_fourier",
+    cpu=Launchers(_cpu_forward, _cpu_backward),
     fit=_fit_fourier,
 ))
 

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from lit_ortho.activations.base import LearnableActivation
 from lit_ortho.activations.elementwise import channel_reading, columns, compute_dtype, dot, reduce_channels
-from lit_ortho.activations.family import Family, register_family
+from lit_ortho.activations.family import Family, Launchers, register_family
+from lit_ortho.activations.kernels import cpu_channels_last
 from lit_ortho.activations.spec import register_activation
 
 __all__ = ["HermiteActivation", "hermite_basis", "clenshaw", "hermite_forward", "hermite"]
@@ -162,6 +163,16 @@ def hermite(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
     return _HermiteFunction.apply(x, coefficients, channel_dim)
 
 
+def _cpu_forward(x: Tensor, coefficients: Tensor, channel_dim: int) -> Tensor:
+    return cpu_channels_last.forward("hermite", coefficients.shape[-1], x, channel_dim, [coefficients])
+
+
+def _cpu_backward(grad: Tensor, x: Tensor, coefficients: Tensor, channel_dim: int, need_x: bool, need_values: bool):
+    K = coefficients.shape[-1]
+    dx, sums = cpu_channels_last.backward("hermite", K, grad, x, channel_dim, [coefficients], K, need_x)
+    return dx, sums.t().to(coefficients.dtype)  # sums[k] = sum of g P_k, per channel
+
+
 def _fit_hermite(module, x, y, dy, weight) -> dict[str, Tensor]:
     """F is linear in a_k: weighted least squares on values and slopes, closed form."""
     n = module.degree
@@ -180,6 +191,7 @@ HERMITE = register_family(Family(
     learnable=("coefficients",),
     eager=hermite,
     triton="lit_ortho.activations.kernels.triton_hermite",
+    cpu=Launchers(_cpu_forward, _cpu_backward),
     fit=_fit_hermite,
 ))
 

@@ -23,7 +23,8 @@ from lit_ortho.activations.base import LearnableActivation
 from lit_ortho.activations.elementwise import (
     as_rows, columns, compute_dtype, fma, reduce_channels, row_length, tie_to_rows, zero_reading,
 )
-from lit_ortho.activations.family import Family, register_family
+from lit_ortho.activations.family import Family, Launchers, register_family
+from lit_ortho.activations.kernels import cpu_channels_last
 from lit_ortho.activations.init import fit_activation, lbfgs_fit
 from lit_ortho.activations.spec import register_activation
 
@@ -217,9 +218,16 @@ def _sums_by_piece(weights: Tensor, above: list[Tensor], order: Tensor, per_chan
     if per_channel:
         wins = [*(a & ~b for a, b in zip(above, above[1:])), above[-1]]
         sums = torch.stack([reduce(first), *(reduce(torch.where(w, weights, zero)) for w in wins)], -1)
-    else:
-        above_sums = torch.stack([reduce(torch.where(a, weights, zero)) for a in above], -1)
-        sums = torch.cat([reduce(first)[..., None], above_sums[..., :-1] - above_sums[..., 1:], above_sums[..., -1:]], -1)
+        return torch.zeros_like(sums).scatter(-1, order, sums)
+    above_sums = torch.stack([reduce(torch.where(a, weights, zero)) for a in above], -1)
+    return piece_sums(torch.cat([reduce(first)[..., None], above_sums], -1), order)
+
+
+def piece_sums(cumulative: Tensor, order: Tensor) -> Tensor:
+    """Each line's sum, in the lines' own order, from ``cumulative``: [..., 0] the sum over x <= T[0], [..., k] the sum
+    over x > T[k-1] (k = 1..K-1). Sorted line k wins on (T[k-1], T[k]], so its sum is the difference of neighbours."""
+    above = cumulative[..., 1:]
+    sums = torch.cat([cumulative[..., :1], above[..., :-1] - above[..., 1:], above[..., -1:]], -1)
     return torch.zeros_like(sums).scatter(-1, order, sums)
 
 
@@ -296,6 +304,36 @@ def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_in
     return _TropicalRationalCompiled.apply(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim)
 
 
+# ---- C++ kernels (per channel on the innermost dim): the compiled twin's pieces, summed in one pass ----------
+def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
+    return cpu_channels_last.forward("tropical", intercepts.shape[-1], x, channel_dim, [intercepts], [float(scale)])
+
+
+def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
+    K = intercepts.shape[-1]
+    c = intercepts.float()
+    sorted_slopes, order, thresholds = breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
+    dx, sums = cpu_channels_last.backward("tropical", K, grad, x, channel_dim, [sorted_slopes, thresholds], K, need_x,
+                                          [float(scale)])
+    return dx, piece_sums(sums.t(), order).to(intercepts.dtype)
+
+
+def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
+    values = [num_slopes, num_intercepts, den_slopes, den_intercepts]
+    return cpu_channels_last.forward("tropical_rational", num_slopes.shape[-1], x, channel_dim, values)
+
+
+def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
+    K = p.shape[-1]
+    sp, order_n, tp = breakpoints(p.float(), c.float())
+    sq, order_d, tq = breakpoints(q.float(), d.float())
+    dx, sums = cpu_channels_last.backward("tropical_rational", K, grad, x, channel_dim, [sp, tp, sq, tq], 4 * K, need_x,
+                                          [1.0])
+    g_n, gx_n, g_d, gx_d = sums.t().split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
+    return (dx, piece_sums(gx_n, order_n).to(p.dtype), piece_sums(g_n, order_n).to(c.dtype),
+            (-piece_sums(gx_d, order_d)).to(q.dtype), (-piece_sums(g_d, order_d)).to(d.dtype))
+
+
 # ---- fitting to a target -------------------------------------------------------------------------
 def _slope_breakpoints(x: Tensor, dy: Tensor, slopes: Tensor) -> Tensor:
     """Where the target's slope first reaches the midpoint between consecutive piece slopes."""
@@ -345,6 +383,7 @@ TROPICAL = register_family(Family(
     eager=tropical,
     compiled=tropical_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical",
+    cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward),
     fit=_fit_tropical,
 ))
 TROPICAL_RATIONAL = register_family(Family(
@@ -354,6 +393,7 @@ TROPICAL_RATIONAL = register_family(Family(
     eager=tropical_rational,
     compiled=tropical_rational_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical_rational",
+    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward),
     fit=_fit_tropical_rational,
 ))
 

@@ -1,11 +1,14 @@
-"""Fused Triton kernels for the learnable activations, behind ``torch.library`` custom ops.
+"""Fused kernels for the learnable activations, behind ``torch.library`` custom ops.
 
-* :mod:`.ops`: the ``torch.ops.lit_ortho.<family>`` / ``<family>_backward`` custom ops, derived from
-  each family's record (:class:`lit_ortho.activations.family.Family`); registered on first use.
+* :mod:`.ops`: the ``torch.ops.lit_ortho.<family>`` / ``<family>_backward`` custom ops (and ``<family>_cpu``
+  for the C++ kernels), derived from each family's record (:class:`lit_ortho.activations.family.Family`);
+  registered on first use.
 * :mod:`.triton_common`: tiles, coefficient loads, partial sums and the launch plan shared by all
   kernels; ``triton_<family>.py``: one family's forward and backward kernels and their launchers.
+* :mod:`.cpu_channels_last`: C++ CPU kernels (``cpu_channels_last.cpp``, built on first use) for per-channel
+  coefficients on the innermost dim of memory; each family's launchers live with its math.
 
-Inputs: CUDA tensors of dtype float32, bfloat16 or float16 (CPU tensors only under
+Triton inputs: CUDA tensors of dtype float32, bfloat16 or float16 (CPU tensors only under
 ``TRITON_INTERPRET=1``, for testing); coefficients shared ``[K]`` or per channel ``[C, K]`` along any
 ``channel_dim``. Importing this package imports no triton; the kernels are imported on the first call.
 """

@@ -1,13 +1,14 @@
-"""The Triton kernels as ``torch.library`` custom ops, with fake (meta) and autograd registrations.
+"""The kernels as ``torch.library`` custom ops, with fake (meta) and autograd registrations.
 
-For each family with kernels (``Family.triton``), two ops in the ``lit_ortho`` namespace::
+For each family with Triton kernels (``Family.triton``), two ops in the ``lit_ortho`` namespace::
 
     lit_ortho::hermite(Tensor x, Tensor coefficients, int channel_dim) -> Tensor
     lit_ortho::hermite_backward(Tensor grad, Tensor x, Tensor coefficients, int channel_dim,
                                 bool need_x, bool need_values) -> (Tensor, Tensor)
 
 with the family's values in its record's order; the backward returns a gradient for ``x`` and for each
-learnable value. The forward op saves only ``x`` and the values for backward (GELU's own footprint).
+learnable value. Families with C++ CPU kernels (``Family.cpu``) get ``lit_ortho::hermite_cpu`` and
+``lit_ortho::hermite_cpu_backward`` the same way (``op(family, "cpu")``). The forward op saves only ``x`` and the values for backward (GELU's own footprint).
 ``torch.compile(fullgraph=True)`` traces them as single nodes. Double backward (``create_graph=True``)
 recomputes F with the family's eager Function and differentiates that.
 
@@ -24,57 +25,70 @@ import torch
 from lit_ortho.activations.family import Family, get_family
 from lit_ortho.activations.kernels import check_device
 
-__all__ = ["op", "backward_op", "NAMESPACE"]
+__all__ = ["op", "backward_op", "NAMESPACE", "KINDS"]
 
 NAMESPACE = "lit_ortho"
+KINDS = ("triton", "cpu")  # which kernels: the Triton ones (CUDA) or the C++ ones (CPU, per channel innermost)
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
 _REGISTERED: set[str] = set()
 
 
-def op(family: str):
-    """The forward op of a family: ``op("hermite")(x, coefficients, channel_dim)``."""
-    _register(get_family(family))
-    return getattr(getattr(torch.ops, NAMESPACE), family)
+def _name(family: str, kind: str) -> str:
+    return family if kind == "triton" else f"{family}_{kind}"
 
 
-def backward_op(family: str):
-    _register(get_family(family))
-    return getattr(getattr(torch.ops, NAMESPACE), f"{family}_backward")
+def op(family: str, kind: str = "triton"):
+    """The forward op of a family's kernels: ``op("hermite")(x, coefficients, channel_dim)``."""
+    _register(get_family(family), kind)
+    return getattr(getattr(torch.ops, NAMESPACE), _name(family, kind))
 
 
-def _launchers(record: Family):
+def backward_op(family: str, kind: str = "triton"):
+    _register(get_family(family), kind)
+    return getattr(getattr(torch.ops, NAMESPACE), f"{_name(family, kind)}_backward")
+
+
+def _launchers(record: Family, kind: str):
+    if kind == "cpu":
+        if record.cpu is None:
+            raise RuntimeError(f"the {record.name!r} family has no CPU kernels; use backend='eager' or 'auto'")
+        return record.cpu
     if record.triton is None:
         raise RuntimeError(f"the {record.name!r} family has no Triton kernels; use backend='eager' or 'auto'")
     return importlib.import_module(record.triton)
 
 
-def _register(record: Family) -> None:
-    family = record.name
-    if family in _REGISTERED:
+def _register(record: Family, kind: str) -> None:
+    name = _name(record.name, kind)
+    if name in _REGISTERED:
         return
-    if record.triton is None:
-        _launchers(record)  # raises, naming the family
+    if (record.cpu if kind == "cpu" else record.triton) is None:
+        _launchers(record, kind)  # raises, naming the family
+    family = record.name
     names, learnable = record.value_names, record.learnable_mask
     n_values = len(names)
     tensors = ", ".join(f"Tensor {n}" for n in names)
     grads = ", ".join(["Tensor"] * (1 + sum(learnable)))
-    _lib.define(f"{family}(Tensor x, {tensors}, int channel_dim) -> Tensor")
+    _lib.define(f"{name}(Tensor x, {tensors}, int channel_dim) -> Tensor")
     _lib.define(
-        f"{family}_backward(Tensor grad, Tensor x, {tensors}, int channel_dim, bool need_x, bool need_values) -> ({grads})"
+        f"{name}_backward(Tensor grad, Tensor x, {tensors}, int channel_dim, bool need_x, bool need_values) -> ({grads})"
     )
-    qualname, bwd_qualname = f"{NAMESPACE}::{family}", f"{NAMESPACE}::{family}_backward"
+    qualname, bwd_qualname = f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward"
 
     def forward_impl(x, *args):
-        check_device(x)
-        return _launchers(record).forward(x, *args)
+        if kind == "triton":
+            check_device(x)
+        return _launchers(record, kind).forward(x, *args)
 
     def backward_impl(grad, x, *args):
-        check_device(x)
-        return tuple(_launchers(record).backward(grad, x, *args))
+        if kind == "triton":
+            check_device(x)
+        grad_x, *value_grads = _launchers(record, kind).backward(grad, x, *args)
+        return (grad_x, *(g.contiguous() for g in value_grads))  # the strides the fake kernel promises
 
-    for key in ("CPU", "CUDA"):
-        _lib.impl(family, forward_impl, key)
-        _lib.impl(f"{family}_backward", backward_impl, key)
+    for key in ("CPU", "CUDA") if kind == "triton" else ("CPU",):
+        _lib.impl(name, forward_impl, key)
+        _lib.impl(f"{name}_backward", backward_impl, key)
 
     def forward_fake(x, *args):
         return torch.empty_like(x)
@@ -100,7 +114,7 @@ def _register(record: Family) -> None:
             return _differentiable_backward(record, ctx.channel_dim, grad, x, values, needs)
         need_x = bool(needs[0])
         need_values = any(n for n, learn in zip(needs[1 : 1 + n_values], learnable) if learn)
-        grads = backward_op(family)(grad, x, *values, ctx.channel_dim, need_x, need_values)
+        grads = backward_op(family, kind)(grad, x, *values, ctx.channel_dim, need_x, need_values)
         grad_x, value_grads = grads[0], iter(grads[1:])
         out = [grad_x if need_x else None]
         for need, learn in zip(needs[1 : 1 + n_values], learnable):
@@ -110,7 +124,7 @@ def _register(record: Family) -> None:
         return tuple(out)
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_lib)
-    _REGISTERED.add(family)
+    _REGISTERED.add(name)
 
 
 def _differentiable_backward(record: Family, channel_dim, grad, x, values, needs):

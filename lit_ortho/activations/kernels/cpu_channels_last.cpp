@@ -1,0 +1,342 @@
+// lit_ortho's CPU kernels for per-channel coefficients along the innermost dimension of memory.
+//
+// The input is a row-major [N, C] float32 array: channel c of row n at x[n * C + c]. Every coefficient is a
+// row of C values (one per channel) in a [ROWS, C] array prepared by cpu_channels_last.py. The work goes in
+// tiles of R rows by one vector of W channels: the tile's coefficients are loaded into registers once, its
+// R rows are computed with them, and the backward's coefficient-gradient sums are kept in registers over the
+// R rows before being added to the thread's [SUMS, C] partial sums. So dx and every sum take one pass over
+// x and grad together, which inductor's CPU backend cannot fuse for sums down the columns.
+//
+// Compiled by cpu_channels_last.py with -DLIT_K=<coefficients per line or term>: every loop over K is then
+// unrolled and its sums stay in registers. GCC vector extensions give one source for AVX-512, AVX2 or SSE.
+#include <algorithm>
+#include <cfloat>
+#include <cstring>
+#include <omp.h>
+#include <vector>
+
+#ifndef LIT_K
+#error "compile with -DLIT_K=<number of coefficients>"
+#endif
+constexpr int K = LIT_K;
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int vi __attribute__((vector_size(W * 4)));
+// A tile is R rows of one vector of W channels, computed in blocks of B rows with the tile's coefficients and
+// partial sums held in registers over all R rows. Short tiles cost: each one reloads its coefficients and adds
+// its sums to memory, and with C = 3072 channels a tile of 8 rows made Tropical-rational-6's backward 2.3x slower
+// than one of 170 rows (C = 96, same element count), and 2.2x slower than one of 341 rows. So R covers TILE_ELEMENTS
+// elements (at least B rows, at most a thread's share). Those rows are C floats apart, which the hardware
+// prefetchers do not follow: the rows PREFETCH rows ahead are prefetched (3072 channels: 33 ms -> 25 ms).
+constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
+constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
+static inline long tile_rows(long N, long C, int threads) {
+    const long share = (N + threads - 1) / threads;
+    return std::max<long>(B, std::min(TILE_ELEMENTS / std::max(C, 1L), share));
+}
+
+static inline float load(const float *p, float) { return *p; }
+static inline vf load(const float *p, vf) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, float v) { *p = v; }
+static inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
+template <class V> static inline V splat(float s) { return V{} + s; }
+
+template <class V> static inline V select(bool c, V a, V b) { return c ? a : b; }
+static inline vf select(vi c, vf a, vf b) { return c ? a : b; }
+
+static inline bool invert(bool m) { return !m; }
+static inline vi invert(vi m) { return ~m; }
+// sum + (mask ? v : 0) as one masked add.
+template <class V, class M> static inline V add_where(V sum, M mask, V v) { return select(mask, sum + v, sum); }
+// max(a, b) that returns NaN when either is NaN, as torch.maximum does.
+template <class V> static inline V nan_max(V a, V b) { return select((b > a) | (b != b), b, a); }
+template <class V> static inline V clamp_finite(V t) {
+    const V big = splat<V>(FLT_MAX);
+    return select(t > big, big, select(t < -big, -big, t));
+}
+// v with its sign flipped where the integer held in the low mantissa bit of k is odd: (-1)^j v.
+static inline float flip_if_odd(float v, float k) {
+    int a, b;
+    std::memcpy(&a, &v, 4);
+    std::memcpy(&b, &k, 4);
+    a ^= b << 31;
+    std::memcpy(&v, &a, 4);
+    return v;
+}
+static inline vf flip_if_odd(vf v, vf k) { return (vf)((vi)v ^ ((vi)k << 31)); }
+
+// ---- Hermite: F = sum_k a_k P_k, P_k = He_k / k!; rows: a_0..a_{K-1}; sums: g P_0 .. g P_{K-1} ------------
+// Clenshaw's recurrence with every b_k saturated at the largest finite float, as the compiled twin does.
+template <int N, class V> static inline V clenshaw(V x, const V *a) {
+    if (N == 1) return a[0];
+    const V big = splat<V>(FLT_MAX);
+    V b1 = a[N - 1], b2 = V{};
+    for (int k = N - 2; k >= 0; --k) {
+        V t = a[k] + (x * b1) * (1.0f / (k + 1));
+        if (k < N - 2) t = t - b2 * (1.0f / (k + 2));
+        b2 = b1;
+        b1 = clamp_finite(t);
+    }
+    return select((b1 >= big) | (b1 <= -big), b1 * splat<V>(__builtin_inff()), b1);
+}
+
+struct Hermite {
+    static constexpr int FORWARD_ROWS = K, BACKWARD_ROWS = K, SUMS = K;
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
+        for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
+    }
+    template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *) {
+        for (int r = 0; r < B; ++r) {
+            d[r] = g[r] * clenshaw<K - 1>(x[r], a + 1);  // P_k' = P_{k-1}
+            s[0] += g[r];
+            s[1] += g[r] * x[r];
+            V p_prev = splat<V>(1.0f), p = x[r];
+            for (int k = 1; k < K - 1; ++k) {
+                V p_next = clamp_finite((x[r] * p - p_prev) * (1.0f / (k + 1)));
+                s[k + 1] += g[r] * p_next;
+                p_prev = p;
+                p = p_next;
+            }
+        }
+    }
+};
+
+// ---- Fourier: F = a_0 + sum_k (c_k / k!) cos(pi u_k), u_k = (w_k / pi) x - phi_k / pi ------------------
+// rows: bias, w/pi [K], -phi/pi [K], c/k! [K], -(c/k!) w [K]; consts: the 5 sine and 6 cosine polynomial
+// coefficients of fourier.py's sincos_pi; sums: g, then per term g cos, g sin, g x sin. Term by term over the
+// block's rows, so that only one term's coefficients and sums are live at a time (all of them at once spill).
+constexpr float ROUNDER = 12582912.0f;  // 1.5 * 2^23: u + ROUNDER - ROUNDER rounds u to an integer
+
+template <class V> static inline V horner(V t, const float *c, int n) {
+    V acc = t * c[n - 1] + c[n - 2];
+    for (int i = n - 3; i >= 0; --i) acc = acc * t + c[i];
+    return acc;
+}
+template <class V> static inline void sincos_pi(V u, const float *poly, V &sin_u, V &cos_u) {
+    V k = u + ROUNDER;
+    V f = u - (k - ROUNDER);  // in [-1/2, 1/2], exact for |u| < 2^22
+    V t = f * f;
+    sin_u = flip_if_odd(f, k) * horner(t, poly, 5);
+    cos_u = flip_if_odd(horner(t, poly + 5, 6), k);
+}
+
+struct Fourier {
+    static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly) {
+        for (int r = 0; r < B; ++r) y[r] = a[0];
+        for (int k = 0; k < K; ++k) {
+            const V w = a[1 + k], phi = a[1 + K + k], weight = a[1 + 2 * K + k];
+            for (int r = 0; r < B; ++r) {
+                V sin_u, cos_u;
+                sincos_pi(w * x[r] + phi, poly, sin_u, cos_u);
+                y[r] = weight * cos_u + y[r];
+            }
+        }
+    }
+    template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *poly) {
+        V gx[B];
+        for (int r = 0; r < B; ++r) {
+            s[0] += g[r];
+            gx[r] = g[r] * x[r];
+            d[r] = V{};
+        }
+        for (int k = 0; k < K; ++k) {
+            const V w = a[1 + k], phi = a[1 + K + k], slope = a[1 + 3 * K + k];
+            V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k];
+            for (int r = 0; r < B; ++r) {
+                V sin_u, cos_u;
+                sincos_pi(w * x[r] + phi, poly, sin_u, cos_u);
+                d[r] = slope * sin_u + d[r];
+                s_cos = g[r] * cos_u + s_cos;
+                s_sin = g[r] * sin_u + s_sin;
+                s_xsin = gx[r] * sin_u + s_xsin;
+            }
+            s[1 + 3 * k] = s_cos, s[2 + 3 * k] = s_sin, s[3 + 3 * k] = s_xsin;
+        }
+        for (int r = 0; r < B; ++r) d[r] = g[r] * d[r];
+    }
+};
+
+// ---- max of lines: max_k (s_k x + c_k), line by line over the block's rows -------------------------------
+template <class V> static inline void max_of_lines(const V *x, V *best, const V *slopes, const V *intercepts) {
+    for (int r = 0; r < B; ++r) best[r] = slopes[0] * x[r] + intercepts[0];
+    for (int k = 1; k < K; ++k)
+        for (int r = 0; r < B; ++r) best[r] = nan_max(best[r], slopes[k] * x[r] + intercepts[k]);
+}
+
+// Backward of M maxes of lines from their breakpoints (tropical.py's `breakpoints`): per max, K slopes sorted
+// ascending then K - 1 thresholds T; sorted line k wins on (T[k-1], T[k]]. Sums per max: g over x <= T[0] and
+// over x > T[k] for each k (the pieces are their differences, taken in Python), then the same of g x if GX.
+// consts[0] scales g (Tropical's fixed scale); the second max is subtracted (a tropical rational function).
+template <int M, bool GX> struct Pieces {
+    static constexpr int BACKWARD_ROWS = M * (2 * K - 1), SUMS = M * K * (GX ? 2 : 1);
+    template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *consts) {
+        const V zero = V{};
+        V gs[B], gx[B], slope[B];
+        for (int r = 0; r < B; ++r) {
+            gs[r] = g[r] * consts[0];
+            gx[r] = gs[r] * x[r];
+        }
+        for (int m = 0; m < M; ++m) {
+            const V *slopes = a + m * (2 * K - 1), *thresholds = slopes + K;
+            V *sums = s + m * K * (GX ? 2 : 1);
+            for (int r = 0; r < B; ++r) slope[r] = slopes[0];
+            for (int k = 0; k < K - 1; ++k) {
+                const V t = thresholds[k], next = slopes[k + 1];
+                V first = zero, first_x = zero, above_g = zero, above_gx = zero;
+#pragma GCC unroll 16
+                for (int r = 0; r < B; ++r) {
+                    const auto above = x[r] > t;
+                    slope[r] = select(above, next, slope[r]);
+                    above_g = add_where(above_g, above, gs[r]);
+                    if (GX) above_gx = add_where(above_gx, above, gx[r]);
+                    if (k == 0) {
+                        const auto not_above = invert(above);  // NaN included, as in the compiled twin
+                        first = add_where(first, not_above, gs[r]);
+                        if (GX) first_x = add_where(first_x, not_above, gx[r]);
+                    }
+                }
+                sums[1 + k] += above_g;
+                if (GX) sums[K + 1 + k] += above_gx;
+                if (k == 0) {
+                    sums[0] += first;
+                    if (GX) sums[K] += first_x;
+                }
+            }
+            for (int r = 0; r < B; ++r) d[r] = m == 0 ? slope[r] : d[r] - slope[r];
+        }
+        for (int r = 0; r < B; ++r) d[r] = gs[r] * d[r];
+    }
+};
+
+// Tropical: F = scale * max_k (k x + c_k); rows: c [K]; consts[0]: scale.
+struct Tropical : Pieces<1, false> {
+    static constexpr int FORWARD_ROWS = K;
+    template <class V> static inline void forward_block(const V *x, V *y, const V *c, const float *consts) {
+        for (int r = 0; r < B; ++r) y[r] = x[r] * 0.0f + c[0];
+        for (int k = 1; k < K; ++k)
+            for (int r = 0; r < B; ++r) y[r] = nan_max(y[r], x[r] * float(k) + c[k]);
+        for (int r = 0; r < B; ++r) y[r] = y[r] * consts[0];
+    }
+};
+
+// Tropical rational: F = max_k (p_k x + c_k) - max_k (q_k x + d_k); rows: p, c, q, d [K each].
+struct TropicalRational : Pieces<2, true> {
+    static constexpr int FORWARD_ROWS = 4 * K;
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
+        V den[B];
+        max_of_lines(x, y, a, a + K);
+        max_of_lines(x, den, a + 2 * K, a + 3 * K);
+        for (int r = 0; r < B; ++r) y[r] = y[r] - den[r];
+    }
+};
+
+// ---- drivers ------------------------------------------------------------------------------------------------
+// A tile: rows [0, nr) of one vector of channels (or one channel, V = float), in blocks of B rows (zero-padded).
+template <class V> static inline int load_block(const float *p, long nr, long r0, long C, V *out) {
+    const int n = int(std::min<long>(B, nr - r0));
+    for (int r = 0; r < B; ++r) out[r] = r < n ? load(p + (r0 + r) * C, V{}) : V{};
+    return n;
+}
+
+template <class F, class V>
+static inline void forward_tile(const float *x, float *y, const float *rows, long nr, long C, const float *consts) {
+    V a[F::FORWARD_ROWS];
+    for (int j = 0; j < F::FORWARD_ROWS; ++j) a[j] = load(rows + j * C, V{});
+    for (long r0 = 0; r0 < nr; r0 += B) {
+        V xb[B], yb[B];
+        if (r0 + PREFETCH + B <= nr)
+            for (int r = 0; r < B; ++r) {
+                __builtin_prefetch(x + (r0 + PREFETCH + r) * C);
+                __builtin_prefetch(y + (r0 + PREFETCH + r) * C, 1);
+            }
+        const int n = load_block(x, nr, r0, C, xb);
+        F::forward_block(xb, yb, a, consts);
+        for (int r = 0; r < n; ++r) store(y + (r0 + r) * C, yb[r]);
+    }
+}
+
+template <class F, class V>
+static inline void backward_tile(const float *x, const float *g, float *dx, float *acc, const float *rows, long nr, long C,
+                                 const float *consts) {
+    V a[F::BACKWARD_ROWS];
+    for (int j = 0; j < F::BACKWARD_ROWS; ++j) a[j] = load(rows + j * C, V{});
+    V s[F::SUMS] = {};
+    for (long r0 = 0; r0 < nr; r0 += B) {
+        V xb[B], gb[B], db[B];
+        if (r0 + PREFETCH + B <= nr)
+            for (int r = 0; r < B; ++r) {
+                __builtin_prefetch(x + (r0 + PREFETCH + r) * C);
+                __builtin_prefetch(g + (r0 + PREFETCH + r) * C);
+                if (dx) __builtin_prefetch(dx + (r0 + PREFETCH + r) * C, 1);
+            }
+        load_block(x, nr, r0, C, xb);
+        const int n = load_block(g, nr, r0, C, gb);  // padding rows have g = 0: they add nothing to the sums
+        F::backward_block(xb, gb, db, a, s, consts);
+        if (dx)
+            for (int r = 0; r < n; ++r) store(dx + (r0 + r) * C, db[r]);
+    }
+    for (int j = 0; j < F::SUMS; ++j) store(acc + j * C, load(acc + j * C, V{}) + s[j]);
+}
+
+template <class F>
+static void forward(const float *x, float *y, const float *rows, long N, long C, const float *consts, int threads) {
+    const long R = tile_rows(N, C, threads), tiles = (N + R - 1) / R;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long t = 0; t < tiles; ++t) {
+        const long n0 = t * R, nr = std::min(R, N - n0);
+        long c = 0;
+        for (; c + W <= C; c += W) forward_tile<F, vf>(x + n0 * C + c, y + n0 * C + c, rows + c, nr, C, consts);
+        for (; c < C; ++c) forward_tile<F, float>(x + n0 * C + c, y + n0 * C + c, rows + c, nr, C, consts);
+    }
+}
+
+// sums: [SUMS, C], overwritten. dx may be null (no input gradient wanted).
+template <class F>
+static void backward(const float *x, const float *g, float *dx, float *sums, const float *rows, long N, long C,
+                     const float *consts, int threads) {
+    const long R = tile_rows(N, C, threads), tiles = (N + R - 1) / R;
+    threads = int(std::max(1L, std::min<long>(threads, tiles)));
+    std::vector<float> partial(size_t(threads) * F::SUMS * C, 0.0f);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *acc = partial.data() + size_t(t) * F::SUMS * C;
+        for (long tile = tiles * t / nt; tile < tiles * (t + 1) / nt; ++tile) {
+            const long n0 = tile * R, nr = std::min(R, N - n0);
+            const long off = n0 * C;
+            float *dxt = dx ? dx + off : nullptr;
+            long c = 0;
+            for (; c + W <= C; c += W)
+                backward_tile<F, vf>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + c, rows + c, nr, C, consts);
+            for (; c < C; ++c)
+                backward_tile<F, float>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + c, rows + c, nr, C, consts);
+        }
+    }
+    const long n = long(F::SUMS) * C;
+    std::memcpy(sums, partial.data(), n * sizeof(float));
+    for (int t = 1; t < threads; ++t)
+        for (long i = 0; i < n; ++i) sums[i] += partial[size_t(t) * n + i];
+}
+
+#define LIT_EXPORT(name, F)                                                                                         \
+    extern "C" void name##_forward(const float *x, float *y, const float *rows, long N, long C, const float *consts, \
+                                   int threads) {                                                                  \
+        forward<F>(x, y, rows, N, C, consts, threads);                                                             \
+    }                                                                                                              \
+    extern "C" void name##_backward(const float *x, const float *g, float *dx, float *sums, const float *rows, long N, \
+                                    long C, const float *consts, int threads) {                                    \
+        backward<F>(x, g, dx, sums, rows, N, C, consts, threads);                                                  \
+    }
+
+LIT_EXPORT(hermite, Hermite)
+LIT_EXPORT(fourier, Fourier)
+LIT_EXPORT(tropical, Tropical)
+LIT_EXPORT(tropical_rational, TropicalRational)

@@ -1,0 +1,259 @@
+"""The C++ CPU kernels for per-channel coefficients on the innermost dim of memory (kernels/cpu_channels_last):
+their numbers against float64 eager autograd, the dispatch that picks them (eager and under torch.compile), their
+custom ops, and how they are built and cached (a missing compiler, an unwritable cache, a build killed midway)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+import lit_ortho as L
+from _families import BUILTIN_FAMILIES
+from lit_ortho.activations import FAMILIES, backends
+from lit_ortho.activations.kernels import cpu_channels_last, ops
+from test_kernels import _have_cxx, _module, _ties_and_dead_lines
+
+pytestmark = pytest.mark.skipif(not _have_cxx(), reason="the CPU kernels are compiled with a C++ compiler")
+
+DEGREES = {"hermite": [1, 3, 8], "fourier": [1, 5], "tropical": [1, 5], "tropical_rational": [1, 6]}
+CASES = [(family, degree) for family in BUILTIN_FAMILIES for degree in DEGREES[family]]
+
+
+def _values(module):
+    return [getattr(module, n).detach().float() for n in module.value_names]
+
+
+def _eager_float64(family, x, grad, values, channel_dim):
+    """F, dF/dx and the value gradients by the family's eager autograd Function in float64."""
+    xd = x.detach().double().requires_grad_()
+    vd = [v.detach().double().requires_grad_(learn) for v, learn in zip(values, FAMILIES[family].learnable_mask)]
+    y = FAMILIES[family].eager(xd, *vd, channel_dim=channel_dim)
+    y.backward(grad.double())
+    return y.detach(), xd.grad, [v.grad for v in vd if v.requires_grad]
+
+
+def _kernels(family, x, grad, values, channel_dim, need_x=True):
+    launchers = FAMILIES[family].cpu
+    y = launchers.forward(x, *values, channel_dim)
+    dx, *value_grads = launchers.backward(grad, x, *values, channel_dim, need_x, True)
+    return y, dx, value_grads
+
+
+def _assert_close_scaled(got, expected, rtol):
+    """``got`` within ``rtol`` of the largest |expected| (float32 sums of thousands of terms against float64)."""
+    scale = 1.0 + expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected.double(), rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("family,degree", CASES, ids=[f"{f}:{d}" for f, d in CASES])
+@pytest.mark.parametrize("shape", [(203, 37), (5, 3, 40), (3, 17)], ids=["tail-rows-and-channels", "3-D", "few-rows"])
+def test_kernels_match_float64_eager(family, degree, shape):
+    """F, dx and every coefficient gradient against float64 autograd of the eager Function: rows that do not fill a
+    block of 8, channels that do not fill a vector (the scalar tail), fewer rows than a tile."""
+    torch.manual_seed(degree)
+    C = shape[-1]
+    module = L.build_activation({"name": family, "degree": degree, "per_channel": C, "init": "unit"})
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    values = _values(module)
+    x, grad = 1.5 * torch.randn(shape), torch.randn(shape)
+    y, dx, value_grads = _kernels(family, x, grad, values, -1)
+    y64, dx64, grads64 = _eager_float64(family, x, grad, values, -1)
+    assert y.dtype == dx.dtype == torch.float32 and y.shape == dx.shape == x.shape
+    _assert_close_scaled(y, y64, 2e-6)
+    _assert_close_scaled(dx, dx64, 2e-6)
+    assert len(value_grads) == len(grads64)
+    for got, expected in zip(value_grads, grads64):
+        assert got.shape == expected.shape
+        _assert_close_scaled(got, expected, 1e-5)
+
+
+@pytest.mark.parametrize("family", ["tropical", "tropical_rational"])
+def test_kernels_pick_eagers_piece_at_ties_and_dead_lines(family):
+    """Duplicate lines, lines that never win and inputs exactly on the crossings: the kernels' thresholds pick the
+    eager Function's piece (the first maximal line), so dx is the same slope and every line's sum the same (dead
+    lines exactly zero)."""
+    _, per_channel = _ties_and_dead_lines(family)
+    x = (torch.arange(-48, 49) / 8.0)[:, None].expand(97, 2).contiguous()  # channels last: [97, 2]
+    grad = torch.randn(97, 2, generator=torch.Generator().manual_seed(4))
+    y, dx, value_grads = _kernels(family, x, grad, per_channel, -1)
+    xe = x.clone().requires_grad_()
+    ve = [v.clone().requires_grad_(learn) for v, learn in zip(per_channel, FAMILIES[family].learnable_mask)]
+    ye = FAMILIES[family].eager(xe, *ve, channel_dim=-1)
+    ye.backward(grad)
+    torch.testing.assert_close(y, ye.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx, xe.grad, rtol=0, atol=1e-6)
+    for got, expected in zip(value_grads, [v.grad for v in ve if v.requires_grad]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)  # a wrong piece moves a sum by >= 1e-3
+    dead = 2 if family == "tropical" else 3  # the (numerator's) line that never wins, see _ties_and_dead_lines
+    assert (value_grads[0][:, dead] == 0).all()
+
+
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
+def test_module_runs_the_kernels_eager_and_compiled(family):
+    """``backend="auto"`` on a large enough CPU input with per-channel values on the last dim runs the C++ ops, in
+    eager code and as one node of a ``torch.compile(fullgraph=True)`` graph, with eager's numbers."""
+    C = 48
+    module = _module(family, per_channel=C)
+    reference = _module(family, per_channel=C, backend="eager")
+    x = torch.randn(backends.CPU_KERNEL_MIN_ELEMENTS // C + 3, C)
+    grad = torch.randn_like(x)
+    assert backends.use_cpu_kernels(module.record, "auto", x, _values(module), -1)
+
+    def step(m):
+        xx = x.clone().requires_grad_()
+        m.zero_grad(set_to_none=True)
+        m(xx).backward(grad)
+        return [xx.grad] + [p.grad for p in m.parameters()]
+
+    expected = step(reference)
+    with torch.profiler.profile() as prof:
+        got = step(module)
+    names = {e.key for e in prof.key_averages()}
+    assert f"lit_ortho::{family}_cpu" in names and f"lit_ortho::{family}_cpu_backward" in names, sorted(names)[:20]
+    for a, b in zip(got, expected):
+        _assert_close_scaled(a, b, 1e-5)
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
+    got = step(compiled)
+    assert len(graphs) == 1
+    targets = {str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"}
+    assert any(f"lit_ortho.{family}_cpu" in t for t in targets), targets
+    for a, b in zip(got, expected):
+        _assert_close_scaled(a, b, 1e-5)
+
+
+def test_channels_last_input_with_per_channel_dim_1():
+    """An NCHW tensor in channels_last memory has its channels innermost: the kernels take it without a copy and
+    the output keeps its strides."""
+    module = _module("hermite", per_channel=16, channel_dim=1)
+    x = torch.randn(4, 16, 9, 11).to(memory_format=torch.channels_last)
+    assert cpu_channels_last.applies(x, _values(module), 1)
+    assert not cpu_channels_last.applies(x.contiguous(), _values(module), 1)
+    grad = torch.randn_like(x)
+    y, dx, (grad_a,) = _kernels("hermite", x, grad, _values(module), 1)
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.stride() == x.stride()
+    y64, dx64, (grad_a64,) = _eager_float64("hermite", x, grad, _values(module), 1)
+    _assert_close_scaled(y, y64, 2e-6)
+    _assert_close_scaled(dx, dx64, 2e-6)
+    _assert_close_scaled(grad_a, grad_a64, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_compute_in_float32(dtype):
+    """bf16/fp16 inputs are computed in float32 and returned in their dtype, as eager does."""
+    module = _module("fourier", per_channel=24)
+    x, grad = torch.randn(40, 24).to(dtype), torch.randn(40, 24).to(dtype)
+    y, dx, value_grads = _kernels("fourier", x, grad, _values(module), -1)
+    assert y.dtype == dx.dtype == dtype and all(g.dtype == torch.float32 for g in value_grads)
+    y32, dx32, grads32 = _kernels("fourier", x.float(), grad.float(), _values(module), -1)
+    torch.testing.assert_close(y, y32.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(dx, dx32.to(dtype), rtol=0, atol=0)
+    for a, b in zip(value_grads, grads32):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_input_gradient():
+    """``need_x=False`` (an input that needs no gradient) still gives the coefficient gradients."""
+    module = _module("tropical_rational", per_channel=20)
+    x, grad = torch.randn(30, 20), torch.randn(30, 20)
+    _, _, with_x = _kernels("tropical_rational", x, grad, _values(module), -1, need_x=True)
+    _, dx, without_x = _kernels("tropical_rational", x, grad, _values(module), -1, need_x=False)
+    assert (dx == 0).all()
+    for a, b in zip(with_x, without_x):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
+def test_custom_ops_pass_opcheck(family):
+    """Schema, fake (meta) kernel, autograd registration and torch.compile of ``lit_ortho::<family>_cpu``."""
+    module = _module(family, per_channel=12)
+    x = torch.randn(10, 12, requires_grad=True)
+    values = [getattr(module, n).detach().float().requires_grad_(learn)
+              for n, learn in zip(module.value_names, module.record.learnable_mask)]
+    assert cpu_channels_last.available(cpu_channels_last.coefficient_count(values))
+    torch.library.opcheck(ops.op(family, "cpu"), (x, *values, -1))
+
+
+# ---- building and caching ---------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """No library loaded in this process, and the cache in a temporary directory."""
+    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu_channels_last, "_FAILED", {})
+    monkeypatch.setenv(cpu_channels_last.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_no_compiler_warns_once_and_the_module_still_runs(fresh_build, monkeypatch):
+    """Where the kernels cannot be built, ``"auto"`` warns once and runs the family's other path."""
+    monkeypatch.setattr(cpu_channels_last, "_compiler", lambda: "/nonexistent/c++")
+    module = _module("hermite", per_channel=64)
+    x = torch.randn(backends.CPU_KERNEL_MIN_ELEMENTS // 64, 64)  # below the lazy-compile threshold: eager PyTorch
+    with pytest.warns(UserWarning, match=r"building the CPU kernels .* failed \(FileNotFoundError"):
+        y = module(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per coefficient count, not on every call
+        assert not backends.use_cpu_kernels(module.record, "auto", x, _values(module), -1)
+        torch.testing.assert_close(module(x), y)
+    torch.testing.assert_close(y, _module("hermite", per_channel=64, backend="eager")(x))
+
+
+def test_library_is_built_once_and_reused(fresh_build, monkeypatch):
+    assert cpu_channels_last.available(3)
+    built = list(fresh_build.glob("*.so"))
+    assert len(built) == 1 and not list(fresh_build.glob("*.tmp"))
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(cpu_channels_last.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    assert cpu_channels_last.available(3)
+    assert all("--version" in c for c in calls), calls  # found in the cache: no compiler run
+    assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_unwritable_cache_falls_back_to_the_temporary_directory(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu_channels_last, "_FAILED", {})
+    monkeypatch.delenv(cpu_channels_last.CACHE_ENV, raising=False)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails, even for root
+    monkeypatch.setattr(cpu_channels_last.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cpu_channels_last.available(2)
+    assert len(list((tmp_path / "tmp").glob("lit_ortho_kernels_*/*.so"))) == 1
+
+
+def test_build_killed_midway_leaves_no_library_behind(tmp_path):
+    """kill -9 while the compiler writes: the library's own name appears only by an atomic rename of a finished
+    file, so a later process never loads half a library, and builds a whole one."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, cpu_channels_last.CACHE_ENV: str(cache)}
+    code = "from lit_ortho.activations.kernels import cpu_channels_last as c; c.available(11)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(cache.glob("*.tmp")):  # the compiler is running
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(cache.glob("*.tmp")), "the build never started"
+    assert not list(cache.glob("*.so")), "a library appeared before the build finished"
+    done = subprocess.run([sys.executable, "-c", code + "; assert c._library(11) is not None"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list(cache.glob("*.so"))) == 1
