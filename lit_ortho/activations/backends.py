@@ -11,9 +11,10 @@
   kernel: one pass over memory each way where eager PyTorch makes one per operation); ``"eager"`` otherwise
   (smaller CPU inputs, float64, no triton). Set ``LIT_ORTHO_LAZY_COMPILE`` to ``off`` to keep CPU calls
   eager, or to a number of elements to move the threshold (``0``: always). If compiling fails (no C++
-  compiler, say) the family warns once and stays eager. With per-channel values on the innermost dim of
-  memory, CPU inputs run the family's C++ kernels instead (:func:`use_cpu_kernels`), in eager code and under
-  ``torch.compile``: inductor cannot fuse the coefficient sums of that layout with dx.
+  compiler, say) the family warns once and stays eager. Where a family's C++ kernels are faster than its compiled
+  twin, CPU inputs run them instead (:func:`use_cpu_kernels`), in eager code and under ``torch.compile``: every
+  family with per-channel values on the innermost dim of memory (inductor cannot fuse the coefficient sums of
+  that layout with dx), Fourier and Tropical-rational on every contiguous input.
 """
 
 from __future__ import annotations
@@ -89,24 +90,23 @@ def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
 
 
 def use_cpu_kernels(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
-    """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: per-channel values on the innermost dim of memory
-    (:mod:`~lit_ortho.activations.kernels.cpu_channels_last`), under ``torch.compile`` or from
+    """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: in a layout its record lists (``Family.cpu.layouts``:
+    per-channel values on the innermost dim of memory for every family, any contiguous input for Fourier and
+    Tropical-rational; :mod:`~lit_ortho.activations.kernels.cpu_channels_last`), under ``torch.compile`` or from
     :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
-    if backend != "auto" or family.cpu is None or not cpu_channels_last.applies(x, values, channel_dim):
+    per_channel = any(v.dim() == 2 for v in values)
+    if backend != "auto" or family.cpu is None or cpu_channels_last.layout(x, per_channel, channel_dim) not in family.cpu.layouts:
         return False
     if not torch.compiler.is_compiling():
         threshold = lazy_compile_threshold()
         if threshold is None or x.numel() < min(threshold, CPU_KERNEL_MIN_ELEMENTS) or torch._C._are_functorch_transforms_active():
             return False
-    return _cpu_kernels_ready(family.name, cpu_channels_last.coefficient_count(values))
+    return _cpu_kernels_built(cpu_channels_last.coefficient_count(values))
 
 
-@torch.compiler.assume_constant_result  # run, not traced, by torch.compile: it compiles C++ and registers ops
-def _cpu_kernels_ready(family: str, K: int) -> bool:
-    if not cpu_channels_last.available(K):
-        return False
-    ops.op(family, "cpu")  # registers the family's custom ops
-    return True
+@torch.compiler.assume_constant_result  # run, not traced, by torch.compile: it may compile C++
+def _cpu_kernels_built(K: int) -> bool:
+    return cpu_channels_last.available(K)
 
 
 def run(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> Tensor:

@@ -21,10 +21,13 @@ __all__ = ["Family", "Launchers", "FAMILIES", "register_family", "get_family"]
 @dataclass(frozen=True)
 class Launchers:
     """A family's entry points into compiled kernels: ``forward(x, *values, channel_dim)`` and
-    ``backward(grad, x, *values, channel_dim, need_x, need_values) -> (grad_x, *grads of the learnable values)``."""
+    ``backward(grad, x, *values, channel_dim, need_x, need_values) -> (grad_x, *grads of the learnable values)``;
+    ``layouts``: where ``backend="auto"`` runs them (the C++ CPU kernels' ``"columns"`` and ``"rows"``, see
+    :func:`lit_ortho.activations.kernels.cpu_channels_last.layout`), the layouts where they beat the compiled twin."""
 
     forward: Callable[..., Tensor]
     backward: Callable[..., tuple]
+    layouts: tuple[str, ...] = ("columns",)
 
 
 @dataclass(frozen=True)

@@ -215,18 +215,18 @@ def _cpu_rows(bias, amplitudes, phases, frequencies) -> tuple[int, Tensor, list[
 
 def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
     K, _, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
-    return cpu_channels_last.forward("fourier", K, x, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
+    return cpu_channels_last.forward("fourier", K, x, bias.dim() == 2, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
 
 
 def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
     K, weight, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
     rows.append(-weight * frequencies.float())  # dF/dx = -sum_k (c_k / k!) w_k sin z_k
-    dx, sums = cpu_channels_last.backward("fourier", K, grad, x, channel_dim, rows, 1 + 3 * K, need_x,
+    dx, sums = cpu_channels_last.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, rows, 1 + 3 * K, need_x,
                                           SIN_COEFFS + COS_COEFFS)
-    sums = sums.t()  # [C, 1 + 3K]: g, then per term g cos z, g sin z, g x sin z
+    # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
     inv_facts = sums.new_tensor(inverse_factorials(K)[1:])
-    return (dx, sums[:, :1].to(bias.dtype), (sums[:, 1::3] * inv_facts).to(amplitudes.dtype),
-            (sums[:, 2::3] * weight).to(phases.dtype), (-sums[:, 3::3] * weight).to(frequencies.dtype))
+    return (dx, sums[..., :1].to(bias.dtype), (sums[..., 1::3] * inv_facts).to(amplitudes.dtype),
+            (sums[..., 2::3] * weight).to(phases.dtype), (-sums[..., 3::3] * weight).to(frequencies.dtype))
 
 
 def _fit_fourier(module, x, y, dy, weight) -> dict[str, Tensor]:
@@ -265,7 +265,9 @@ FOURIER = register_family(Family(
     eager=fourier,
     compiled=fourier_compiled,
     triton="lit_ortho.activations.kernels.triton_fourier",
-    cpu=Launchers(_cpu_forward, _cpu_backward),
+    # the C++ kernels on every contiguous CPU input: compiled fwd+bwd 1.44-1.56x GELU shared (the twin 1.50-1.66x),
+    # 1.62-1.66x per channel on dim 1 (the twin 1.90-2.32x); benchmarks/RESULTS.md
+    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=("columns", "rows")),
     fit=_fit_fourier,
 ))
 

@@ -164,13 +164,14 @@ def hermite(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
 
 
 def _cpu_forward(x: Tensor, coefficients: Tensor, channel_dim: int) -> Tensor:
-    return cpu_channels_last.forward("hermite", coefficients.shape[-1], x, channel_dim, [coefficients])
+    per_channel = coefficients.dim() == 2
+    return cpu_channels_last.forward("hermite", coefficients.shape[-1], x, per_channel, channel_dim, [coefficients])
 
 
 def _cpu_backward(grad: Tensor, x: Tensor, coefficients: Tensor, channel_dim: int, need_x: bool, need_values: bool):
-    K = coefficients.shape[-1]
-    dx, sums = cpu_channels_last.backward("hermite", K, grad, x, channel_dim, [coefficients], K, need_x)
-    return dx, sums.t().to(coefficients.dtype)  # sums[k] = sum of g P_k, per channel
+    K, per_channel = coefficients.shape[-1], coefficients.dim() == 2
+    dx, sums = cpu_channels_last.backward("hermite", K, grad, x, per_channel, channel_dim, [coefficients], K, need_x)
+    return dx, sums.to(coefficients.dtype)  # sums[..., k] = sum of g P_k
 
 
 def _fit_hermite(module, x, y, dy, weight) -> dict[str, Tensor]:

@@ -306,30 +306,31 @@ def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_in
 
 # ---- C++ kernels (per channel on the innermost dim): the compiled twin's pieces, summed in one pass ----------
 def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
-    return cpu_channels_last.forward("tropical", intercepts.shape[-1], x, channel_dim, [intercepts], [float(scale)])
+    return cpu_channels_last.forward("tropical", intercepts.shape[-1], x, intercepts.dim() == 2, channel_dim, [intercepts],
+                                     [float(scale)])
 
 
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     c = intercepts.float()
     sorted_slopes, order, thresholds = breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
-    dx, sums = cpu_channels_last.backward("tropical", K, grad, x, channel_dim, [sorted_slopes, thresholds], K, need_x,
-                                          [float(scale)])
-    return dx, piece_sums(sums.t(), order).to(intercepts.dtype)
+    dx, sums = cpu_channels_last.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
+                                          K, need_x, [float(scale)])
+    return dx, piece_sums(sums, order).to(intercepts.dtype)
 
 
 def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
     values = [num_slopes, num_intercepts, den_slopes, den_intercepts]
-    return cpu_channels_last.forward("tropical_rational", num_slopes.shape[-1], x, channel_dim, values)
+    return cpu_channels_last.forward("tropical_rational", num_slopes.shape[-1], x, num_slopes.dim() == 2, channel_dim, values)
 
 
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
     K = p.shape[-1]
     sp, order_n, tp = breakpoints(p.float(), c.float())
     sq, order_d, tq = breakpoints(q.float(), d.float())
-    dx, sums = cpu_channels_last.backward("tropical_rational", K, grad, x, channel_dim, [sp, tp, sq, tq], 4 * K, need_x,
-                                          [1.0])
-    g_n, gx_n, g_d, gx_d = sums.t().split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
+    dx, sums = cpu_channels_last.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
+                                          4 * K, need_x, [1.0])
+    g_n, gx_n, g_d, gx_d = sums.split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
     return (dx, piece_sums(gx_n, order_n).to(p.dtype), piece_sums(g_n, order_n).to(c.dtype),
             (-piece_sums(gx_d, order_d)).to(q.dtype), (-piece_sums(g_d, order_d)).to(d.dtype))
 
@@ -393,7 +394,9 @@ TROPICAL_RATIONAL = register_family(Family(
     eager=tropical_rational,
     compiled=tropical_rational_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical_rational",
-    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward),
+    # the C++ kernels on every contiguous CPU input: compiled fwd+bwd 1.16-1.31x GELU shared (the twin 1.57-1.68x),
+    # 1.52-1.62x per channel on dim 1 (the twin 1.66-2.45x); benchmarks/RESULTS.md
+    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=("columns", "rows")),
     fit=_fit_tropical_rational,
 ))
 

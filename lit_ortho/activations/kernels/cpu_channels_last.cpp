@@ -326,6 +326,96 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
         for (long i = 0; i < n; ++i) sums[i] += partial[size_t(t) * n + i];
 }
 
+// ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
+// A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added across when the
+// channel changes. Rows of up to SHORT_ROW elements are walked channel by channel (all the rows of one channel,
+// then the next), so that the sums stay in registers across rows: flushed row by row, Tropical-rational-6 on NCHW
+// 256x160x16x16 (rows of 256) took 2.3x the time of the same elements with shared coefficients. Such rows are too
+// short for the hardware prefetchers to follow from one to the next, so each prefetches the next. Longer rows go
+// in memory order. Rows are cut into segments of SEGMENT elements so that every thread gets work; a segment's
+// last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are the case O = C = 1.
+constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096;
+
+template <class F, bool BACKWARD, int ROWS, int SUMS>
+static inline void row_segment(const float *x, const float *g, float *out, long len, const vf *a, vf *s,
+                               const float *consts) {
+    for (long i = 0; i < len; i += B * W) {
+        vf xb[B], gb[B], ob[B];
+        const long n = std::min<long>(B * W, len - i);
+        if (n == B * W) {
+            for (int r = 0; r < B; ++r) xb[r] = load(x + i + r * W, vf{});
+            if (BACKWARD)
+                for (int r = 0; r < B; ++r) gb[r] = load(g + i + r * W, vf{});
+        } else {
+            float xp[B * W] = {}, gp[B * W] = {};
+            std::memcpy(xp, x + i, n * sizeof(float));
+            if (BACKWARD) std::memcpy(gp, g + i, n * sizeof(float));
+            for (int r = 0; r < B; ++r) xb[r] = load(xp + r * W, vf{}), gb[r] = load(gp + r * W, vf{});
+        }
+        if constexpr (BACKWARD) F::backward_block(xb, gb, ob, a, s, consts);
+        else F::forward_block(xb, ob, a, consts);
+        if (!out) continue;
+        if (n == B * W) {
+            for (int r = 0; r < B; ++r) store(out + i + r * W, ob[r]);
+        } else {
+            float op[B * W];
+            for (int r = 0; r < B; ++r) store(op + r * W, ob[r]);
+            std::memcpy(out + i, op, n * sizeof(float));
+        }
+    }
+}
+
+template <class F, bool BACKWARD>
+static void rows_pass(const float *x, const float *g, float *out, float *sums, const float *rows, long O, long C, long I,
+                      const float *consts, int threads) {
+    constexpr int ROWS = BACKWARD ? F::BACKWARD_ROWS : F::FORWARD_ROWS, SUMS = BACKWARD ? F::SUMS : 1;
+    const long segments = (I + SEGMENT - 1) / SEGMENT, work = O * C * segments;
+    const bool by_channel = C > 1 && I <= SHORT_ROW;  // short rows: a channel's rows one after another
+    threads = int(std::max(1L, std::min<long>(threads, work)));
+    std::vector<float> partial(BACKWARD ? size_t(threads) * SUMS * C : 0, 0.0f);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *acc = BACKWARD ? partial.data() + size_t(t) * SUMS * C : nullptr;
+        vf a[ROWS] = {}, s[SUMS] = {};
+        long channel = -1;
+        auto flush = [&]() {
+            if (BACKWARD && channel >= 0)
+                for (int j = 0; j < SUMS; ++j) {
+                    float total = 0.0f;
+                    for (int l = 0; l < W; ++l) total += s[j][l];
+                    acc[j * C + channel] += total;
+                }
+        };
+        for (long w = work * t / nt, w1 = work * (t + 1) / nt; w < w1; ++w) {
+            const long row = w / segments, start = (w % segments) * SEGMENT;
+            const long o = by_channel ? row % O : row / C, c = by_channel ? row / O : row % C;
+            if (c != channel) {
+                flush();
+                channel = c;
+                for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(rows[j * C + c]);
+                for (int j = 0; j < SUMS; ++j) s[j] = vf{};
+            }
+            const long off = (o * C + c) * I + start;
+            if (by_channel && o + 1 < O)  // the channel's next row is C * I floats on: fetch it early
+                for (long i = 0; i < I; i += 16) {
+                    __builtin_prefetch(x + off + C * I + i);
+                    if (BACKWARD) __builtin_prefetch(g + off + C * I + i);
+                    if (out) __builtin_prefetch(out + off + C * I + i, 1);
+                }
+            row_segment<F, BACKWARD, ROWS, SUMS>(x + off, BACKWARD ? g + off : nullptr, out ? out + off : nullptr,
+                                                 std::min(SEGMENT, I - start), a, s, consts);
+        }
+        flush();
+    }
+    if (BACKWARD) {
+        const long n = long(SUMS) * C;
+        std::memcpy(sums, partial.data(), n * sizeof(float));
+        for (int t = 1; t < threads; ++t)
+            for (long i = 0; i < n; ++i) sums[i] += partial[size_t(t) * n + i];
+    }
+}
+
 #define LIT_EXPORT(name, F)                                                                                         \
     extern "C" void name##_forward(const float *x, float *y, const float *rows, long N, long C, const float *consts, \
                                    int threads) {                                                                  \
@@ -334,6 +424,14 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
     extern "C" void name##_backward(const float *x, const float *g, float *dx, float *sums, const float *rows, long N, \
                                     long C, const float *consts, int threads) {                                    \
         backward<F>(x, g, dx, sums, rows, N, C, consts, threads);                                                  \
+    }                                                                                                              \
+    extern "C" void name##_forward_rows(const float *x, float *y, const float *rows, long O, long C, long I,          \
+                                        const float *consts, int threads) {                                        \
+        rows_pass<F, false>(x, nullptr, y, nullptr, rows, O, C, I, consts, threads);                               \
+    }                                                                                                              \
+    extern "C" void name##_backward_rows(const float *x, const float *g, float *dx, float *sums, const float *rows,    \
+                                         long O, long C, long I, const float *consts, int threads) {                \
+        rows_pass<F, true>(x, g, dx, sums, rows, O, C, I, consts, threads);                                        \
     }
 
 LIT_EXPORT(hermite, Hermite)

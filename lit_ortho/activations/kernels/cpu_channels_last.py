@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import subprocess
 import tempfile
@@ -33,7 +34,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "applies", "coefficient_count", "forward", "backward", "DTYPES", "CACHE_ENV", "SOURCE"]
+__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "DTYPES", "CACHE_ENV", "SOURCE"]
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 CACHE_ENV = "LIT_ORTHO_KERNEL_CACHE"
@@ -108,66 +109,100 @@ def available(K: int) -> bool:
 
 
 def coefficient_count(values: Sequence[Tensor]) -> int:
-    """K of a family's ``[C, K]`` values (their longest last dim: Fourier's bias is ``[C, 1]``)."""
-    return max(v.shape[-1] for v in values if v.dim() == 2)
+    """K of a family's values (their longest last dim: Fourier's bias is ``[1]`` or ``[C, 1]``)."""
+    return max(v.shape[-1] for v in values if v.dim() >= 1)
 
 
-def applies(x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
-    """Whether the kernels handle this call: a CPU input of a float32/bf16/fp16 dtype, per-channel values, and the
-    channel dim innermost in memory with the rest dense (``channel_dim=-1`` on a contiguous tensor, or dim 1 of a
-    channels_last one)."""
-    if x.device.type != "cpu" or x.dtype not in DTYPES or x.numel() == 0 or not any(v.dim() == 2 for v in values):
-        return False
-    return x.movedim(channel_dim, -1).is_contiguous()
+def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
+    """How the kernels walk ``x``: ``"columns"`` (per-channel values with the channel dim innermost in memory:
+    ``channel_dim=-1`` on a contiguous tensor, dim 1 of a channels_last one), ``"rows"`` (a contiguous tensor with
+    shared values, or per-channel values on an outer dim), or None where they do not apply (another device or dtype,
+    an empty or non-dense tensor)."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or x.numel() == 0:
+        return None
+    if per_channel and x.movedim(channel_dim, -1).is_contiguous():
+        return "columns"
+    return "rows" if x.is_contiguous() else None
 
 
-def _matrix(t: Tensor, channel_dim: int) -> Tensor:
-    """``t`` as the ``[N, C]`` float32 array the kernels read (a view when ``t`` is float32)."""
-    m = t.movedim(channel_dim, -1)
-    return m.float().contiguous().reshape(-1, m.shape[-1])
+def _walked(t: Tensor, kind: str, channel_dim: int) -> Tensor:
+    """``t`` (laid out as x) in the order the kernels walk it: a contiguous view (a float32 copy for bf16/fp16)."""
+    return (t.movedim(channel_dim, -1) if kind == "columns" else t).float().contiguous()
+
+
+def _sizes(x: Tensor, kind: str, per_channel: bool, channel_dim: int) -> list[int]:
+    """[N, C] for columns; [O, C, I] for rows (O = C = 1 for shared values)."""
+    if kind == "columns":
+        C = x.shape[channel_dim]
+        return [x.numel() // C, C]
+    if not per_channel:
+        return [1, 1, x.numel()]
+    d = channel_dim % x.dim()
+    return [math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1 :])]
 
 
 def _pointer(t: Optional[Tensor]):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 
-def _rows(rows: Sequence[Tensor]) -> Tensor:
-    """The ``[ROWS, C]`` float32 coefficient rows, from ``[C]`` or ``[C, k]`` pieces (a piece's columns become rows)."""
-    return torch.cat([r.detach().float().reshape(r.shape[0], -1).t() for r in rows]).contiguous()
+def _rows(rows: Sequence[Tensor], per_channel: bool) -> Tensor:
+    """The ``[ROWS, C]`` float32 coefficient rows from the pieces ``[C]`` or ``[C, k]`` (per channel: a piece's columns
+    become rows), or ``[]`` or ``[k]`` (shared: C = 1)."""
+    pieces = [r.detach().float() for r in rows]
+    return torch.cat([r.reshape(r.shape[0], -1).t() if per_channel else r.reshape(-1, 1) for r in pieces]).contiguous()
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
     return torch.tensor([float(c) for c in consts] or [0.0], dtype=torch.float32)
 
 
-def forward(family: str, K: int, x: Tensor, channel_dim: int, rows: Sequence[Tensor], consts: Sequence[float] = ()) -> Tensor:
-    """F(x) by the family's C++ forward; ``rows`` in the order the .cpp's ``<family>::value`` reads them."""
-    library = _library(K)
-    out = torch.empty_like(x)
-    xm = _matrix(x, channel_dim)
-    ym = out.movedim(channel_dim, -1).view(xm.shape) if x.dtype == torch.float32 else torch.empty_like(xm)
-    rows_t, consts_t = _rows(rows), _consts(consts)
-    getattr(library, f"{family}_forward")(_pointer(xm), _pointer(ym), _pointer(rows_t), ctypes.c_long(xm.shape[0]),
-                                          ctypes.c_long(xm.shape[1]), _pointer(consts_t), ctypes.c_int(torch.get_num_threads()))
-    if x.dtype != torch.float32:
-        out.movedim(channel_dim, -1).copy_(ym.reshape(out.movedim(channel_dim, -1).shape))
+def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
+    suffix = "_rows" if kind == "rows" else ""
+    function = getattr(_library(K), f"{name}{suffix}")
+    *pointers, consts = (_pointer(t) for t in tensors)
+    function(*pointers, *(ctypes.c_long(n) for n in sizes), consts, ctypes.c_int(torch.get_num_threads()))
+
+
+def _into(out: Tensor, computed: Tensor, kind: str, channel_dim: int) -> None:
+    """Copy the kernels' float32 result into ``out`` (bf16/fp16), unless they wrote it there directly."""
+    target = _walked_view(out, kind, channel_dim)
+    if target.data_ptr() != computed.data_ptr():
+        target.copy_(computed.view(target.shape))
+
+
+def _walked_view(t: Tensor, kind: str, channel_dim: int) -> Tensor:
+    return t.movedim(channel_dim, -1) if kind == "columns" else t
+
+
+def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor]:
+    """(a tensor like ``x``, the float32 buffer in walking order that the kernels write: a view of it for float32)."""
+    out = torch.zeros_like(x) if zeros else torch.empty_like(x)
+    view = _walked_view(out, kind, channel_dim)
+    return out, view if x.dtype == torch.float32 else torch.empty(view.shape, dtype=torch.float32)
+
+
+def forward(family: str, K: int, x: Tensor, per_channel: bool, channel_dim: int, rows: Sequence[Tensor],
+            consts: Sequence[float] = ()) -> Tensor:
+    """F(x) by the family's C++ forward; ``rows`` in the order the .cpp's ``forward_block`` reads them."""
+    kind = layout(x, per_channel, channel_dim)
+    out, buffer = _output(x, kind, channel_dim)
+    _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, kind, channel_dim), buffer,
+          _rows(rows, per_channel), _consts(consts))
+    _into(out, buffer, kind, channel_dim)
     return out
 
 
-def backward(family: str, K: int, grad: Tensor, x: Tensor, channel_dim: int, rows: Sequence[Tensor], n_sums: int,
-             need_x: bool, consts: Sequence[float] = ()) -> tuple[Tensor, Tensor]:
-    """(dx, zeros unless ``need_x``; the ``[n_sums, C]`` float32 sums) by the family's C++ backward: one pass over x and grad."""
-    library = _library(K)
-    xm, gm = _matrix(x, channel_dim), _matrix(grad, channel_dim)
-    dx = torch.empty_like(x) if need_x else torch.zeros_like(x)  # the ops return a tensor either way
-    dxm = None
+def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, rows: Sequence[Tensor],
+             n_sums: int, need_x: bool, consts: Sequence[float] = ()) -> tuple[Tensor, Tensor]:
+    """(dx, zeros unless ``need_x``; the float32 sums, ``[C, n_sums]`` per channel or ``[n_sums]`` shared) by the
+    family's C++ backward: one pass over x and grad."""
+    kind = layout(x, per_channel, channel_dim)
+    sizes = _sizes(x, kind, per_channel, channel_dim)
+    dx, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
+    C = sizes[1]
+    sums = torch.empty(n_sums, C, dtype=torch.float32)
+    _call(K, f"{family}_backward", kind, sizes, _walked(x, kind, channel_dim), _walked(grad, kind, channel_dim),
+          buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
     if need_x:
-        dxm = dx.movedim(channel_dim, -1).view(xm.shape) if x.dtype == torch.float32 else torch.empty_like(xm)
-    sums = torch.empty(n_sums, xm.shape[1], dtype=torch.float32)
-    rows_t, consts_t = _rows(rows), _consts(consts)
-    getattr(library, f"{family}_backward")(_pointer(xm), _pointer(gm), _pointer(dxm), _pointer(sums), _pointer(rows_t),
-                                           ctypes.c_long(xm.shape[0]), ctypes.c_long(xm.shape[1]), _pointer(consts_t),
-                                           ctypes.c_int(torch.get_num_threads()))
-    if need_x and x.dtype != torch.float32:
-        dx.movedim(channel_dim, -1).copy_(dxm.reshape(dx.movedim(channel_dim, -1).shape))
-    return dx, sums
+        _into(dx, buffer, kind, channel_dim)
+    return dx, sums.t() if per_channel else sums[:, 0]

@@ -37,14 +37,22 @@ def _name(family: str, kind: str) -> str:
     return family if kind == "triton" else f"{family}_{kind}"
 
 
+@torch.compiler.assume_constant_result
+def _registered(family: str, kind: str) -> bool:
+    """Register the ops on first use. Run, not traced, by torch.compile: it cannot trace a registration, and the set of
+    registered ops it would read may have changed since it last looked (another family's first call in the graph)."""
+    _register(get_family(family), kind)
+    return True
+
+
 def op(family: str, kind: str = "triton"):
     """The forward op of a family's kernels: ``op("hermite")(x, coefficients, channel_dim)``."""
-    _register(get_family(family), kind)
+    _registered(family, kind)
     return getattr(getattr(torch.ops, NAMESPACE), _name(family, kind))
 
 
 def backward_op(family: str, kind: str = "triton"):
-    _register(get_family(family), kind)
+    _registered(family, kind)
     return getattr(getattr(torch.ops, NAMESPACE), f"{_name(family, kind)}_backward")
 
 
