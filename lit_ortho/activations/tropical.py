@@ -172,11 +172,9 @@ def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Ten
     low = above.to(slopes.dtype)  # ... or at x == above[i, j] too, when i comes first: x > the next float down
     nudge = (low.to(wide) > above) | (i_first & steeper & (low.to(wide) == above))
     low = torch.where(nudge, torch.nextafter(low, torch.full_like(low, -math.inf)), low)
-    k = torch.arange(slopes.shape[-1], device=slopes.device)
-    j_below_k = k[:, None] < k[None, 1:]  # [j, k] for k = 1..K-1
-    beats_all_below = torch.where(j_below_k, low[..., None], -math.inf).amax(-2)  # [..., i, k]: max over j < k
-    i_from_k = k[:, None] >= k[None, 1:]  # [i, k]
-    thresholds = torch.where(i_from_k, beats_all_below, math.inf).amin(-2)  # [..., k]: min over i >= k
+    beats_all_below = torch.cummax(low, dim=-1).values[..., :-1]  # [..., i, k - 1]: max over j < k, k = 1..K-1
+    from_k = torch.cummin(beats_all_below.flip(-2), dim=-2).values.flip(-2)  # [..., i, k - 1]: min over lines from i
+    thresholds = torch.diagonal(from_k, offset=-1, dim1=-2, dim2=-1)  # [..., k - 1]: min over i >= k
     # T is non-decreasing already (as k grows, a min over fewer lines of a max over more). Sorting changes no
     # value; it makes inductor keep T as a buffer: it inlines reductions over at most 8 elements, and every
     # element's loop would then recompute T from the coefficients (Tropical-3 at 6.3 M elements: 20x GELU).
