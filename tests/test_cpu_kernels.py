@@ -54,9 +54,9 @@ LAYOUTS = {  # id: (per_channel, channel_dim, shape, the kernels' layout)
     "columns-tails": (True, -1, (203, 37), "columns"),  # rows that do not fill a block of 8, a scalar channel tail
     "columns-3-D": (True, -1, (5, 3, 40), "columns"),
     "columns-few-rows": (True, -1, (3, 17), "columns"),  # fewer rows than a tile
-    "shared": (False, -1, (1000, 37), "rows"),
-    "shared-5": (False, -1, (5,), "rows"),  # less than one block: zero padding
-    "dim-1-short-rows": (True, 1, (3, 7, 130), "rows"),  # walked channel by channel
+    "shared": (False, -1, (1000, 37), "shared"),
+    "shared-5": (False, -1, (5,), "shared"),  # less than one block: zero padding
+    "dim-1-short-rows": (True, 1, (3, 7, 130), "short_rows"),  # walked channel by channel
     "dim-0-long-rows": (True, 0, (6, 40000), "rows"),  # memory order, rows of two segments
 }
 
@@ -176,7 +176,7 @@ def test_channels_last_input_with_per_channel_dim_1():
     module = _module("hermite", per_channel=16, channel_dim=1)
     x = torch.randn(4, 16, 9, 11).to(memory_format=torch.channels_last)
     assert cpu_channels_last.layout(x, True, 1) == "columns"
-    assert cpu_channels_last.layout(x.contiguous(), True, 1) == "rows"
+    assert cpu_channels_last.layout(x.contiguous(), True, 1) == "short_rows"
     grad = torch.randn_like(x)
     y, dx, (grad_a,) = _kernels("hermite", x, grad, _values(module), 1)
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.stride() == x.stride()

@@ -265,9 +265,9 @@ FOURIER = register_family(Family(
     eager=fourier,
     compiled=fourier_compiled,
     triton="lit_ortho.activations.kernels.triton_fourier",
-    # the C++ kernels on every contiguous CPU input: compiled fwd+bwd 1.44-1.56x GELU shared (the twin 1.50-1.66x),
-    # 1.62-1.66x per channel on dim 1 (the twin 1.90-2.32x); benchmarks/RESULTS.md
-    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=("columns", "rows")),
+    # the C++ kernels on every layout they take: compiled fwd+bwd 1.41-1.54x GELU shared (the twin 1.50-1.66x),
+    # 1.73-1.79x per channel on dim 1 (the twin 1.90-2.32x); benchmarks/RESULTS.md
+    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu_channels_last.LAYOUTS),
     fit=_fit_fourier,
 ))
 

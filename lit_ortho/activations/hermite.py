@@ -192,7 +192,9 @@ HERMITE = register_family(Family(
     learnable=("coefficients",),
     eager=hermite,
     triton="lit_ortho.activations.kernels.triton_hermite",
-    cpu=Launchers(_cpu_forward, _cpu_backward),
+    # the C++ kernels per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x GELU compiled, the twin
+    # 1.42x); the twin on shared values (as fast) and short rows (NCHW dim 1: 1.00x against 1.27x); benchmarks/RESULTS.md
+    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=("columns", "rows")),
     fit=_fit_hermite,
 ))
 

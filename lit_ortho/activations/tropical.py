@@ -382,7 +382,10 @@ TROPICAL = register_family(Family(
     eager=tropical,
     compiled=tropical_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical",
-    cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward),
+    # the C++ kernels per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x GELU compiled, the twin
+    # 1.29x); the twin on shared values and short rows, where it is faster (0.60-0.85x and 0.72x against 0.99-1.16x
+    # and 1.39x); benchmarks/RESULTS.md
+    cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward, layouts=("columns", "rows")),
     fit=_fit_tropical,
 ))
 TROPICAL_RATIONAL = register_family(Family(
@@ -392,9 +395,9 @@ TROPICAL_RATIONAL = register_family(Family(
     eager=tropical_rational,
     compiled=tropical_rational_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical_rational",
-    # the C++ kernels on every contiguous CPU input: compiled fwd+bwd 1.16-1.31x GELU shared (the twin 1.57-1.68x),
-    # 1.52-1.62x per channel on dim 1 (the twin 1.66-2.45x); benchmarks/RESULTS.md
-    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=("columns", "rows")),
+    # the C++ kernels on every layout they take: compiled fwd+bwd 1.10-1.28x GELU shared (the twin 1.57-1.68x),
+    # 1.61-1.81x per channel on dim 1 (the twin 1.66-2.45x); benchmarks/RESULTS.md
+    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=cpu_channels_last.LAYOUTS),
     fit=_fit_tropical_rational,
 ))
 

@@ -370,7 +370,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                       const float *consts, int threads) {
     constexpr int ROWS = BACKWARD ? F::BACKWARD_ROWS : F::FORWARD_ROWS, SUMS = BACKWARD ? F::SUMS : 1;
     const long segments = (I + SEGMENT - 1) / SEGMENT, work = O * C * segments;
-    const bool by_channel = C > 1 && I <= SHORT_ROW;  // short rows: a channel's rows one after another
+    const bool by_channel = C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
     threads = int(std::max(1L, std::min<long>(threads, work)));
     std::vector<float> partial(BACKWARD ? size_t(threads) * SUMS * C : 0, 0.0f);
 #pragma omp parallel num_threads(threads)

@@ -113,16 +113,30 @@ def coefficient_count(values: Sequence[Tensor]) -> int:
     return max(v.shape[-1] for v in values if v.dim() >= 1)
 
 
+#: Rows of per-channel values shorter than this many elements are walked channel by channel (the .cpp's SHORT_ROW).
+SHORT_ROW = 4096
+LAYOUTS = ("columns", "shared", "rows", "short_rows")
+
+
 def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
-    """How the kernels walk ``x``: ``"columns"`` (per-channel values with the channel dim innermost in memory:
-    ``channel_dim=-1`` on a contiguous tensor, dim 1 of a channels_last one), ``"rows"`` (a contiguous tensor with
-    shared values, or per-channel values on an outer dim), or None where they do not apply (another device or dtype,
-    an empty or non-dense tensor)."""
+    """How the kernels walk ``x`` (one of :data:`LAYOUTS`), or None where they do not apply (another device or dtype, an
+    empty or non-dense tensor):
+
+    * ``"columns"``: per-channel values with the channel dim innermost in memory (``channel_dim=-1`` on a contiguous
+      tensor, dim 1 of a channels_last one);
+    * ``"shared"``: shared values on a contiguous tensor;
+    * ``"rows"`` / ``"short_rows"``: per-channel values on an outer dim of a contiguous tensor, each channel a row of
+      the elements after it, of at least / fewer than :data:`SHORT_ROW` elements (NHWC's dim 1 / NCHW's dim 1).
+    """
     if x.device.type != "cpu" or x.dtype not in DTYPES or x.numel() == 0:
         return None
     if per_channel and x.movedim(channel_dim, -1).is_contiguous():
         return "columns"
-    return "rows" if x.is_contiguous() else None
+    if not x.is_contiguous():
+        return None
+    if not per_channel:
+        return "shared"
+    return "rows" if math.prod(x.shape[channel_dim % x.dim() + 1 :]) >= SHORT_ROW else "short_rows"
 
 
 def _walked(t: Tensor, kind: str, channel_dim: int) -> Tensor:
@@ -157,7 +171,7 @@ def _consts(consts: Sequence[float]) -> Tensor:
 
 
 def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
-    suffix = "_rows" if kind == "rows" else ""
+    suffix = "" if kind == "columns" else "_rows"
     function = getattr(_library(K), f"{name}{suffix}")
     *pointers, consts = (_pointer(t) for t in tensors)
     function(*pointers, *(ctypes.c_long(n) for n in sizes), consts, ctypes.c_int(torch.get_num_threads()))
