@@ -22,8 +22,9 @@ __all__ = ["Family", "Launchers", "FAMILIES", "register_family", "get_family"]
 class Launchers:
     """A family's entry points into compiled kernels: ``forward(x, *values, channel_dim)`` and
     ``backward(grad, x, *values, channel_dim, need_x, need_values) -> (grad_x, *grads of the learnable values)``;
-    ``layouts``: where ``backend="auto"`` runs them (the C++ CPU kernels' ``"columns"`` and ``"rows"``, see
-    :func:`lit_ortho.activations.kernels.cpu_channels_last.layout`), the layouts where they beat the compiled twin."""
+    ``layouts``: where ``backend="auto"`` runs them, the layouts where they beat the compiled twin (the C++ CPU
+    kernels' ``"columns"``, ``"shared"``, ``"rows"``, ``"short_rows"``: see
+    :func:`lit_ortho.activations.kernels.cpu_channels_last.layout`)."""
 
     forward: Callable[..., Tensor]
     backward: Callable[..., tuple]
