@@ -99,7 +99,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lit_ortho  # noqa: E402
-from lit_ortho.activations import backends  # noqa: E402
+from lit_ortho.activations import FAMILIES, backends  # noqa: E402
+from lit_ortho.activations.kernels import cpu_channels_last  # noqa: E402
 
 
 def minor_faults() -> int:
@@ -278,8 +279,10 @@ def cpu_table(args, shape) -> None:
         threshold = backends.lazy_compile_threshold()
         print(f"ours: backend='auto' (lit_ortho's default), which runs a lazily compiled CPU kernel from "
               f"{threshold:,} elements ({backends.LAZY_COMPILE_ENV}; {'compiled' if threshold is not None and numel >= threshold else 'eager'} "
-              f"here); first call: seconds of the first forward+backward (compiling, where it does); "
-              f"backend=eager: PyTorch ops only", flush=True)
+              f"here), or the family's C++ kernels where they are faster ({', '.join(_shared_cpu_families())} here; built once "
+              f"per machine and degree into {cpu_channels_last.CACHE_ENV} or ~/.cache/lit_ortho/kernels); first call: "
+              f"seconds of the first forward+backward (compiling or building, where it does; 0 if the kernels were "
+              f"built before); backend=eager: PyTorch ops only", flush=True)
 
 
 def first_call_seconds(module: nn.Module, x: torch.Tensor) -> float:
@@ -332,6 +335,11 @@ def cuda_table(args, shape) -> None:
             del module
             torch.cuda.empty_cache()
         print(row, flush=True)
+
+
+def _shared_cpu_families() -> list[str]:
+    """The families whose C++ kernels ``"auto"`` runs on shared coefficients (this benchmark's case)."""
+    return [name for name, record in FAMILIES.items() if record.cpu is not None and "shared" in record.cpu.layouts]
 
 
 # ---- --layouts: every layout, shared and per-channel coefficients, one table --------------------------
