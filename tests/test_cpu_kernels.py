@@ -14,7 +14,7 @@ import torch
 
 import lit_ortho as L
 from _families import BUILTIN_FAMILIES
-from lit_ortho.activations import FAMILIES, backends
+from lit_ortho.activations import FAMILIES, backends, tropical
 from lit_ortho.activations.kernels import cpu_channels_last, ops
 from test_kernels import _have_cxx, _module, _ties_and_dead_lines
 
@@ -86,6 +86,26 @@ def test_kernels_match_float64_eager(family, degree, layout):
     for got, expected in zip(value_grads, grads64):  # float32 sums of up to 37,000 terms, as inductor's: 1e-4
         assert got.shape == expected.shape
         _assert_close_scaled(got, expected, 1e-4)
+
+
+@pytest.mark.parametrize("K", [2, 3, 7, 12])
+def test_breakpoints_in_cpp_equal_the_torch_ones_bitwise(K):
+    """The C++ breakpoints (sorted slopes, order, thresholds) against tropical.breakpoints, bit for bit: random lines
+    rounded so that many cross at the same float, duplicated lines, equal slopes, huge intercepts; shared and per
+    channel."""
+    gen = torch.Generator().manual_seed(K)
+    for trial in range(24):
+        slopes = torch.randn(64, K, generator=gen).round(decimals=trial % 3)
+        intercepts = torch.randn(64, K, generator=gen).round(decimals=trial % 2)
+        if trial % 4 == 0:  # a duplicated line
+            slopes[:, 1], intercepts[:, 1] = slopes[:, 0], intercepts[:, 0]
+        if trial % 5 == 0:  # a repeated slope with another intercept
+            slopes[:, -1] = slopes[:, 0]
+        if trial % 7 == 0:
+            intercepts = intercepts * 1e30
+        for args in ((slopes, intercepts), (slopes[0], intercepts[0])):
+            for expected, got in zip(tropical.breakpoints(*args), cpu_channels_last.breakpoints(*args)):
+                assert expected.dtype == got.dtype and torch.equal(expected, got), (trial, expected, got)
 
 
 @pytest.mark.parametrize("family", ["tropical", "tropical_rational"])

@@ -311,7 +311,7 @@ def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     c = intercepts.float()
-    sorted_slopes, order, thresholds = breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
+    sorted_slopes, order, thresholds = cpu_channels_last.breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
     dx, sums = cpu_channels_last.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
     return dx, piece_sums(sums, order).to(intercepts.dtype)
@@ -324,8 +324,8 @@ def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_interce
 
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
     K = p.shape[-1]
-    sp, order_n, tp = breakpoints(p.float(), c.float())
-    sq, order_d, tq = breakpoints(q.float(), d.float())
+    sp, order_n, tp = cpu_channels_last.breakpoints(p, c)
+    sq, order_d, tq = cpu_channels_last.breakpoints(q, d)
     dx, sums = cpu_channels_last.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
                                           4 * K, need_x, [1.0])
     g_n, gx_n, g_d, gx_d = sums.split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
