@@ -92,6 +92,7 @@ def _reexec_with_allocator() -> str:
 ALLOCATOR = _reexec_with_allocator() if __name__ == "__main__" else "(imported: the caller's allocator)"
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -386,45 +387,73 @@ def coefficients_label(shape, channel_dim: int | None) -> str:
 
 
 def layouts_table(args) -> list[str]:
-    """The --layouts table (markdown): one row per layout and coefficient placement."""
+    """The --layouts table (markdown): one row per layout and coefficient placement. With ``--runs N`` the whole
+    table is measured N times, one pass after another, and each cell is the median of its N ratios: a shared host
+    can slow one cell several-fold for a while (seen here: 10x, with page faults), which one pass would record."""
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or "float32")
     scale = args.scale if args.scale is not None else (DRY_RUN_SCALE if args.dry_run else 1.0)
     families = [(f, int(d)) for f, _, d in (c.partition(":") for c in args.families.split(","))]
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else (["compile"] if args.compile else ["eager"])
     repeats, warmup = (1, 0) if args.dry_run else (args.repeats, 1)
+    runs = 1 if args.dry_run else args.runs
     cols = [f"{f}:{d}" + (f" {m}" if len(modes) > 1 else "") for f, d in families for m in modes]
     mode_text = " and ".join("torch.compile'd (inductor)" if m == "compile" else "eager" for m in modes)
     lines = [f"CPU {args.dtype or 'float32'}, {args.threads} threads, forward+backward, {mode_text}, "
              f"scale {scale:g} of the first dim; time ratio to nn.GELU in the same mode"
+             + (f"; median of {runs} runs of the whole table" if runs > 1 else "")
              + (" -- DRY RUN: tiny shapes, one step, the numbers are not measurements" if args.dry_run else ""), ""]
     lines.append("| layout | shape | coefficients | elements | " + " | ".join(f"GELU {m} ms" for m in modes) + " | "
                  + " | ".join(cols) + " | page faults / step |")
     lines.append("|" + "---|" * (5 + len(modes) + len(cols)))
     for line in lines:
         print(line, flush=True)
-    for name, shape, channel_dim in layout_rows(scale):
-        x = torch.randn(shape, dtype=dtype, requires_grad=True)
-        gelu_ms, cells, faults = [], {}, []
-        for mode in modes:
-            wrap = _wrapper(mode)
-            gelu = wrap(nn.GELU())
-            gelu_times = []
-            for family, degree in families:
-                ours = wrap(lit_ortho.build_activation(layout_spec(family, degree, shape, channel_dim)))
-                gelu_time, ours_time = step_times([gelu, ours], x, repeats, warmup if mode == "eager" else warmup + 1)
-                gelu_times.append(gelu_time)
-                faults.append(LAST_FAULTS_PER_STEP[0])
-                cells[(family, degree, mode)] = ours_time / gelu_time
-            gelu_ms.append(statistics.median(gelu_times) * 1e3)
-        row = (f"| {name} | {'x'.join(map(str, shape))} | {coefficients_label(shape, channel_dim)} | {x.numel():,} | "
-               + " | ".join(f"{t:.1f}" for t in gelu_ms) + " | "
-               + " | ".join(f"{cells[(f, d, m)]:.2f}x" for f, d in families for m in modes)
-               + f" | {statistics.mean(faults):.0f} |")
-        lines.append(row)
-        print(row, flush=True)
-        del x
+    rows = layout_rows(scale)
+    measured = [[] for _ in rows]  # per row, per run: (GELU ms per mode, {cell: ratio}, faults per step)
+    for run in range(runs):
+        for index, (name, shape, channel_dim) in enumerate(rows):
+            measured[index].append(_layout_row(shape, channel_dim, families, modes, dtype, repeats, warmup))
+            if run == runs - 1:
+                row = _layout_line(name, shape, channel_dim, families, modes, measured[index])
+                lines.append(row)
+                print(row, flush=True)
+    spread = [f"{name} {coefficients_label(shape, cd)} {key[0]}:{key[1]}: "
+              + ", ".join(f"{r[1][key]:.2f}x" for r in measured[i])
+              for i, (name, shape, cd) in enumerate(rows) for key in measured[i][0][1]
+              if runs > 1 and max(r[1][key] for r in measured[i]) > 1.5 * min(r[1][key] for r in measured[i])]
+    if spread:
+        lines += ["", "Cells whose runs differ by more than 1.5x (each run's ratio): " + "; ".join(spread)]
+        print(lines[-1], flush=True)
     return lines
+
+
+def _layout_row(shape, channel_dim, families, modes, dtype, repeats, warmup):
+    """One measurement of a row: (GELU ms per mode, {(family, degree, mode): ratio to GELU}, mean faults per step)."""
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    gelu_ms, cells, faults = [], {}, []
+    for mode in modes:
+        wrap = _wrapper(mode)
+        gelu = wrap(nn.GELU())
+        gelu_times = []
+        for family, degree in families:
+            ours = wrap(lit_ortho.build_activation(layout_spec(family, degree, shape, channel_dim)))
+            gelu_time, ours_time = step_times([gelu, ours], x, repeats, warmup if mode == "eager" else warmup + 1)
+            gelu_times.append(gelu_time)
+            faults.append(LAST_FAULTS_PER_STEP[0])
+            cells[(family, degree, mode)] = ours_time / gelu_time
+        gelu_ms.append(statistics.median(gelu_times) * 1e3)
+    return gelu_ms, cells, statistics.mean(faults)
+
+
+def _layout_line(name, shape, channel_dim, families, modes, runs) -> str:
+    """The markdown row of a layout: each number the median over the runs."""
+    gelu_ms = [statistics.median(r[0][i] for r in runs) for i in range(len(modes))]
+    ratio = {key: statistics.median(r[1][key] for r in runs) for key in runs[0][1]}
+    faults = statistics.median(r[2] for r in runs)
+    return (f"| {name} | {'x'.join(map(str, shape))} | {coefficients_label(shape, channel_dim)} | {math.prod(shape):,} | "
+            + " | ".join(f"{t:.1f}" for t in gelu_ms) + " | "
+            + " | ".join(f"{ratio[(f, d, m)]:.2f}x" for f, d in families for m in modes)
+            + f" | {faults:.0f} |")
 
 
 def _wrapper(mode: str):
@@ -456,6 +485,8 @@ def main() -> None:
                         help="--layouts: comma-separated eager,compile (default: compile with --compile, else eager)")
     parser.add_argument("--families", default=",".join(f"{f}:{d}" for f, d in LAYOUT_FAMILIES),
                         help="--layouts: the families (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="--layouts: measure the whole table this many times; each cell the median (default 1)")
     parser.add_argument("--scale", type=float, default=None,
                         help="--layouts: multiply every layout's first dim (default 1; --dry-run: 1/4096)")
     parser.add_argument("--dry-run", action="store_true",
