@@ -101,7 +101,7 @@ from torch import nn  # noqa: E402
 
 import lit_ortho  # noqa: E402
 from lit_ortho.activations import FAMILIES, backends  # noqa: E402
-from lit_ortho.activations.kernels import cpu_channels_last  # noqa: E402
+from lit_ortho.activations.kernels import cpu  # noqa: E402
 
 
 def minor_faults() -> int:
@@ -281,7 +281,7 @@ def cpu_table(args, shape) -> None:
         print(f"ours: backend='auto' (lit_ortho's default), which runs a lazily compiled CPU kernel from "
               f"{threshold:,} elements ({backends.LAZY_COMPILE_ENV}; {'compiled' if threshold is not None and numel >= threshold else 'eager'} "
               f"here), or the family's C++ kernels where they are faster ({', '.join(_shared_cpu_families())} here; built once "
-              f"per machine and degree into {cpu_channels_last.CACHE_ENV} or ~/.cache/lit_ortho/kernels); first call: "
+              f"per machine and degree into {cpu.CACHE_ENV} or ~/.cache/lit_ortho/kernels); first call: "
               f"seconds of the first forward+backward (compiling or building, where it does; 0 if the kernels were "
               f"built before); backend=eager: PyTorch ops only", flush=True)
 

@@ -1,4 +1,4 @@
-"""The C++ CPU kernels for per-channel coefficients on the innermost dim of memory (kernels/cpu_channels_last):
+"""The C++ CPU kernels for per-channel coefficients on the innermost dim of memory (kernels/cpu):
 their numbers against float64 eager autograd, the dispatch that picks them (eager and under torch.compile), their
 custom ops, and how they are built and cached (a missing compiler, an unwritable cache, a build killed midway)."""
 
@@ -15,7 +15,7 @@ import torch
 import lit_ortho as L
 from _families import BUILTIN_FAMILIES
 from lit_ortho.activations import FAMILIES, backends, tropical
-from lit_ortho.activations.kernels import cpu_channels_last, ops
+from lit_ortho.activations.kernels import cpu, ops
 from test_kernels import _have_cxx, _module, _ties_and_dead_lines
 
 pytestmark = pytest.mark.skipif(not _have_cxx(), reason="the CPU kernels are compiled with a C++ compiler")
@@ -76,7 +76,7 @@ def test_kernels_match_float64_eager(family, degree, layout):
             p.add_(0.2 * torch.randn_like(p))
     values = _values(module)
     x, grad = 1.5 * torch.randn(shape), torch.randn(shape)
-    assert cpu_channels_last.layout(x, per_channel, channel_dim) == kind
+    assert cpu.layout(x, per_channel, channel_dim) == kind
     y, dx, value_grads = _kernels(family, x, grad, values, channel_dim)
     y64, dx64, grads64 = _eager_float64(family, x, grad, values, channel_dim)
     assert y.dtype == dx.dtype == torch.float32 and y.shape == dx.shape == x.shape
@@ -104,7 +104,7 @@ def test_breakpoints_in_cpp_equal_the_torch_ones_bitwise(K):
         if trial % 7 == 0:
             intercepts = intercepts * 1e30
         for args in ((slopes, intercepts), (slopes[0], intercepts[0])):
-            for expected, got in zip(tropical.breakpoints(*args), cpu_channels_last.breakpoints(*args)):
+            for expected, got in zip(tropical.breakpoints(*args), cpu.breakpoints(*args)):
                 assert expected.dtype == got.dtype and torch.equal(expected, got), (trial, expected, got)
 
 
@@ -185,7 +185,7 @@ def test_first_calls_of_two_families_inside_one_compiled_graph(tmp_path):
         "from lit_ortho.activations.kernels import ops\n"
         "assert ops._REGISTERED == {'fourier_cpu', 'tropical_cpu'}, ops._REGISTERED\n"
     )
-    env = {**os.environ, cpu_channels_last.CACHE_ENV: str(tmp_path)}
+    env = {**os.environ, cpu.CACHE_ENV: str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -195,8 +195,8 @@ def test_channels_last_input_with_per_channel_dim_1():
     the output keeps its strides."""
     module = _module("hermite", per_channel=16, channel_dim=1)
     x = torch.randn(4, 16, 9, 11).to(memory_format=torch.channels_last)
-    assert cpu_channels_last.layout(x, True, 1) == "columns"
-    assert cpu_channels_last.layout(x.contiguous(), True, 1) == "short_rows"
+    assert cpu.layout(x, True, 1) == "columns"
+    assert cpu.layout(x.contiguous(), True, 1) == "short_rows"
     grad = torch.randn_like(x)
     y, dx, (grad_a,) = _kernels("hermite", x, grad, _values(module), 1)
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.stride() == x.stride()
@@ -238,7 +238,7 @@ def test_custom_ops_pass_opcheck(family):
     x = torch.randn(10, 12, requires_grad=True)
     values = [getattr(module, n).detach().float().requires_grad_(learn)
               for n, learn in zip(module.value_names, module.record.learnable_mask)]
-    assert cpu_channels_last.available(cpu_channels_last.coefficient_count(values))
+    assert cpu.available(cpu.coefficient_count(values))
     torch.library.opcheck(ops.op(family, "cpu"), (x, *values, -1))
 
 
@@ -246,15 +246,15 @@ def test_custom_ops_pass_opcheck(family):
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
     """No library loaded in this process, and the cache in a temporary directory."""
-    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
-    monkeypatch.setattr(cpu_channels_last, "_FAILED", {})
-    monkeypatch.setenv(cpu_channels_last.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu, "_FAILED", {})
+    monkeypatch.setenv(cpu.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
 def test_no_compiler_warns_once_and_the_module_still_runs(fresh_build, monkeypatch):
     """Where the kernels cannot be built, ``"auto"`` warns once and runs the family's other path."""
-    monkeypatch.setattr(cpu_channels_last, "_compiler", lambda: "/nonexistent/c++")
+    monkeypatch.setattr(cpu, "_compiler", lambda: "/nonexistent/c++")
     module = _module("hermite", per_channel=64)
     x = torch.randn(backends.CPU_KERNEL_MIN_ELEMENTS // 64, 64)  # below the lazy-compile threshold: eager PyTorch
     with pytest.warns(UserWarning, match=r"building the CPU kernels .* failed \(FileNotFoundError"):
@@ -267,29 +267,29 @@ def test_no_compiler_warns_once_and_the_module_still_runs(fresh_build, monkeypat
 
 
 def test_library_is_built_once_and_reused(fresh_build, monkeypatch):
-    assert cpu_channels_last.available(3)
+    assert cpu.available(3)
     built = list(fresh_build.glob("*.so"))
     assert len(built) == 1 and not list(fresh_build.glob("*.tmp"))
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu, "_LIBRARIES", {})
     calls = []
     real_run = subprocess.run
-    monkeypatch.setattr(cpu_channels_last.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
-    assert cpu_channels_last.available(3)
+    monkeypatch.setattr(cpu.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    assert cpu.available(3)
     assert all("--version" in c for c in calls), calls  # found in the cache: no compiler run
     assert built[0].stat().st_mtime_ns == stamp
 
 
 def test_unwritable_cache_falls_back_to_the_temporary_directory(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_channels_last, "_LIBRARIES", {})
-    monkeypatch.setattr(cpu_channels_last, "_FAILED", {})
-    monkeypatch.delenv(cpu_channels_last.CACHE_ENV, raising=False)
+    monkeypatch.setattr(cpu, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu, "_FAILED", {})
+    monkeypatch.delenv(cpu.CACHE_ENV, raising=False)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the cache directory would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails, even for root
-    monkeypatch.setattr(cpu_channels_last.tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(cpu.tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    assert cpu_channels_last.available(2)
+    assert cpu.available(2)
     assert len(list((tmp_path / "tmp").glob("lit_ortho_kernels_*/*.so"))) == 1
 
 
@@ -297,8 +297,8 @@ def test_build_killed_midway_leaves_no_library_behind(tmp_path):
     """kill -9 while the compiler writes: the library's own name appears only by an atomic rename of a finished
     file, so a later process never loads half a library, and builds a whole one."""
     cache = tmp_path / "cache"
-    env = {**os.environ, cpu_channels_last.CACHE_ENV: str(cache)}
-    code = "from lit_ortho.activations.kernels import cpu_channels_last as c; c.available(11)"
+    env = {**os.environ, cpu.CACHE_ENV: str(cache)}
+    code = "from lit_ortho.activations.kernels import cpu as c; c.available(11)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(cache.glob("*.tmp")):  # the compiler is running

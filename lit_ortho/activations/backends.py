@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lit_ortho.activations.family import Family
-from lit_ortho.activations.kernels import TRITON_AVAILABLE, TRITON_DTYPES, check_device, cpu_channels_last, ops
+from lit_ortho.activations.kernels import TRITON_AVAILABLE, TRITON_DTYPES, check_device, cpu, ops
 from lit_ortho.errors import UsageError
 
 __all__ = ["BACKENDS", "LAZY_COMPILE_MIN_ELEMENTS", "CPU_KERNEL_MIN_ELEMENTS", "lazy_compile_threshold", "use_triton",
@@ -92,21 +92,21 @@ def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
 def use_cpu_kernels(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
     """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: in a layout its record lists (``Family.cpu.layouts``:
     per-channel values on the innermost dim of memory and long rows for every family, any contiguous input for
-    Fourier and Tropical-rational; :mod:`~lit_ortho.activations.kernels.cpu_channels_last`), under ``torch.compile`` or from
+    Fourier and Tropical-rational; :mod:`~lit_ortho.activations.kernels.cpu`), under ``torch.compile`` or from
     :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
     per_channel = any(v.dim() == 2 for v in values)
-    if backend != "auto" or family.cpu is None or cpu_channels_last.layout(x, per_channel, channel_dim) not in family.cpu.layouts:
+    if backend != "auto" or family.cpu is None or cpu.layout(x, per_channel, channel_dim) not in family.cpu.layouts:
         return False
     if not torch.compiler.is_compiling():
         threshold = lazy_compile_threshold()
         if threshold is None or x.numel() < min(threshold, CPU_KERNEL_MIN_ELEMENTS) or torch._C._are_functorch_transforms_active():
             return False
-    return _cpu_kernels_built(cpu_channels_last.coefficient_count(values))
+    return _cpu_kernels_built(cpu.coefficient_count(values))
 
 
 @torch.compiler.assume_constant_result  # run, not traced, by torch.compile: it may compile C++
 def _cpu_kernels_built(K: int) -> bool:
-    return cpu_channels_last.available(K)
+    return cpu.available(K)
 
 
 def run(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> Tensor:

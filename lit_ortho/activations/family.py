@@ -24,7 +24,7 @@ class Launchers:
     ``backward(grad, x, *values, channel_dim, need_x, need_values) -> (grad_x, *grads of the learnable values)``;
     ``layouts``: where ``backend="auto"`` runs them, the layouts where they beat the compiled twin (the C++ CPU
     kernels' ``"columns"``, ``"shared"``, ``"rows"``, ``"short_rows"``: see
-    :func:`lit_ortho.activations.kernels.cpu_channels_last.layout`)."""
+    :func:`lit_ortho.activations.kernels.cpu.layout`)."""
 
     forward: Callable[..., Tensor]
     backward: Callable[..., tuple]
@@ -47,7 +47,7 @@ class Family:
             ``backward(grad, x, *values, channel_dim, need_x, need_values)`` Triton launchers (imported
             on first use); ``None``: no kernels, the family runs eager (and compiled) everywhere.
         cpu: launchers of the C++ CPU kernels for per-channel values on the innermost dim of memory
-            (:mod:`lit_ortho.activations.kernels.cpu_channels_last`); ``None``: the compiled twin runs there.
+            (:mod:`lit_ortho.activations.kernels.cpu`); ``None``: the compiled twin runs there.
         fit: ``fit(module, x, y, dy, weight) -> {value name: tensor}``: a family-specific fit to a
             target; ``None``: the generic L-BFGS fit of :mod:`lit_ortho.activations.init`.
     """

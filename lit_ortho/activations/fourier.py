@@ -25,7 +25,7 @@ from lit_ortho.activations.elementwise import (
     as_rows, columns, compute_dtype, fma, inverse_factorials, reduce_channels, row_length, tie_to_rows, zero_reading,
 )
 from lit_ortho.activations.family import Family, Launchers, register_family
-from lit_ortho.activations.kernels import cpu_channels_last
+from lit_ortho.activations.kernels import cpu
 from lit_ortho.activations.init import lbfgs_fit
 from lit_ortho.activations.spec import register_activation
 
@@ -215,13 +215,13 @@ def _cpu_rows(bias, amplitudes, phases, frequencies) -> tuple[int, Tensor, list[
 
 def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
     K, _, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
-    return cpu_channels_last.forward("fourier", K, x, bias.dim() == 2, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
+    return cpu.forward("fourier", K, x, bias.dim() == 2, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
 
 
 def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
     K, weight, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
     rows.append(-weight * frequencies.float())  # dF/dx = -sum_k (c_k / k!) w_k sin z_k
-    dx, sums = cpu_channels_last.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, rows, 1 + 3 * K, need_x,
+    dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, rows, 1 + 3 * K, need_x,
                                           SIN_COEFFS + COS_COEFFS)
     # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
     inv_facts = sums.new_tensor(inverse_factorials(K)[1:])
@@ -267,7 +267,7 @@ FOURIER = register_family(Family(
     triton="lit_ortho.activations.kernels.triton_fourier",
     # the C++ kernels on every layout they take: compiled fwd+bwd 1.41-1.54x GELU shared (the twin 1.50-1.66x),
     # 1.73-1.79x per channel on dim 1 (the twin 1.90-2.32x); benchmarks/RESULTS.md
-    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu_channels_last.LAYOUTS),
+    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_fourier,
 ))
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from lit_ortho.activations.base import LearnableActivation
 from lit_ortho.activations.elementwise import channel_reading, columns, compute_dtype, dot, reduce_channels
 from lit_ortho.activations.family import Family, Launchers, register_family
-from lit_ortho.activations.kernels import cpu_channels_last
+from lit_ortho.activations.kernels import cpu
 from lit_ortho.activations.spec import register_activation
 
 __all__ = ["HermiteActivation", "hermite_basis", "clenshaw", "hermite_forward", "hermite"]
@@ -165,12 +165,12 @@ def hermite(x: Tensor, coefficients: Tensor, channel_dim: int = -1) -> Tensor:
 
 def _cpu_forward(x: Tensor, coefficients: Tensor, channel_dim: int) -> Tensor:
     per_channel = coefficients.dim() == 2
-    return cpu_channels_last.forward("hermite", coefficients.shape[-1], x, per_channel, channel_dim, [coefficients])
+    return cpu.forward("hermite", coefficients.shape[-1], x, per_channel, channel_dim, [coefficients])
 
 
 def _cpu_backward(grad: Tensor, x: Tensor, coefficients: Tensor, channel_dim: int, need_x: bool, need_values: bool):
     K, per_channel = coefficients.shape[-1], coefficients.dim() == 2
-    dx, sums = cpu_channels_last.backward("hermite", K, grad, x, per_channel, channel_dim, [coefficients], K, need_x)
+    dx, sums = cpu.backward("hermite", K, grad, x, per_channel, channel_dim, [coefficients], K, need_x)
     return dx, sums.to(coefficients.dtype)  # sums[..., k] = sum of g P_k
 
 

@@ -24,7 +24,7 @@ from lit_ortho.activations.elementwise import (
     as_rows, columns, compute_dtype, fma, reduce_channels, row_length, tie_to_rows, zero_reading,
 )
 from lit_ortho.activations.family import Family, Launchers, register_family
-from lit_ortho.activations.kernels import cpu_channels_last
+from lit_ortho.activations.kernels import cpu
 from lit_ortho.activations.init import fit_activation, lbfgs_fit
 from lit_ortho.activations.spec import register_activation
 
@@ -304,29 +304,29 @@ def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_in
 
 # ---- C++ kernels (per channel on the innermost dim): the compiled twin's pieces, summed in one pass ----------
 def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
-    return cpu_channels_last.forward("tropical", intercepts.shape[-1], x, intercepts.dim() == 2, channel_dim, [intercepts],
+    return cpu.forward("tropical", intercepts.shape[-1], x, intercepts.dim() == 2, channel_dim, [intercepts],
                                      [float(scale)])
 
 
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     c = intercepts.float()
-    sorted_slopes, order, thresholds = cpu_channels_last.breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
-    dx, sums = cpu_channels_last.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
+    sorted_slopes, order, thresholds = cpu.breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
+    dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
     return dx, piece_sums(sums, order).to(intercepts.dtype)
 
 
 def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
     values = [num_slopes, num_intercepts, den_slopes, den_intercepts]
-    return cpu_channels_last.forward("tropical_rational", num_slopes.shape[-1], x, num_slopes.dim() == 2, channel_dim, values)
+    return cpu.forward("tropical_rational", num_slopes.shape[-1], x, num_slopes.dim() == 2, channel_dim, values)
 
 
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
     K = p.shape[-1]
-    sp, order_n, tp = cpu_channels_last.breakpoints(p, c)
-    sq, order_d, tq = cpu_channels_last.breakpoints(q, d)
-    dx, sums = cpu_channels_last.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
+    sp, order_n, tp = cpu.breakpoints(p, c)
+    sq, order_d, tq = cpu.breakpoints(q, d)
+    dx, sums = cpu.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
                                           4 * K, need_x, [1.0])
     g_n, gx_n, g_d, gx_d = sums.split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
     return (dx, piece_sums(gx_n, order_n).to(p.dtype), piece_sums(g_n, order_n).to(c.dtype),
@@ -397,7 +397,7 @@ TROPICAL_RATIONAL = register_family(Family(
     triton="lit_ortho.activations.kernels.triton_tropical_rational",
     # the C++ kernels on every layout they take: compiled fwd+bwd 1.10-1.28x GELU shared (the twin 1.57-1.68x),
     # 1.61-1.81x per channel on dim 1 (the twin 1.66-2.45x); benchmarks/RESULTS.md
-    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=cpu_channels_last.LAYOUTS),
+    cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_tropical_rational,
 ))
 

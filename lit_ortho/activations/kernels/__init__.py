@@ -5,7 +5,7 @@
   registered on first use.
 * :mod:`.triton_common`: tiles, coefficient loads, partial sums and the launch plan shared by all
   kernels; ``triton_<family>.py``: one family's forward and backward kernels and their launchers.
-* :mod:`.cpu_channels_last`: C++ CPU kernels (``cpu_channels_last.cpp``, built on first use) for per-channel
+* :mod:`.cpu`: C++ CPU kernels (``cpu.cpp``, built on first use) for per-channel
   coefficients on the innermost dim of memory; each family's launchers live with its math.
 
 Triton inputs: CUDA tensors of dtype float32, bfloat16 or float16 (CPU tensors only under

@@ -1,10 +1,17 @@
-"""C++ CPU kernels for per-channel coefficients on the innermost dimension of memory, built on first use.
+"""C++ CPU kernels of the learnable families, built on first use; ``"auto"`` runs them where they beat the compiled twin.
 
-With ``per_channel`` coefficients on ``channel_dim=-1`` (or on the channel dim of a channels_last tensor),
-each coefficient gradient is a sum down the columns of an ``[N, C]`` array. Inductor's CPU backend in
-torch 2.14 cannot compute those sums in the same pass as the row-major dx (it does not reorder loops for
-fusion on CPU), so the compiled twin reads the input twice and recomputes every term: 1.6-5.7x compiled GELU.
-``cpu_channels_last.cpp`` computes dx and all the sums in one pass over tiles of rows by channels.
+``cpu.cpp`` computes a family's forward, and its dx with every coefficient-gradient sum, in one pass over memory each
+way, in two layouts (:func:`layout`):
+
+* ``"columns"``: per-channel coefficients on the innermost dim of memory (``channel_dim=-1``, or dim 1 of a
+  channels_last tensor). Each coefficient gradient is then a sum down the columns of an ``[N, C]`` array, which
+  inductor's CPU backend in torch 2.14 cannot compute in dx's loop (it does not reorder loops for fusion on CPU): the
+  compiled twin read the input twice and recomputed every term, 1.6-5.7x compiled GELU.
+* ``"shared"``, ``"rows"``, ``"short_rows"``: a contiguous input with shared coefficients, or per-channel ones on an
+  outer dim (each channel a row of the elements after it), with the coefficients broadcast along the rows.
+  Tropical-rational's 28 sums take inductor two passes (it fuses at most 16 reductions into a loop); these one.
+
+Which family takes which layouts is its record's ``Family.cpu.layouts`` (measured: benchmarks/RESULTS.md).
 
 The source is compiled once per machine and coefficient count K with the C++ compiler ``torch.compile``
 uses (``-O3 -march=native -fopenmp``, about 1 s), into ``$LIT_ORTHO_KERNEL_CACHE`` (default
@@ -14,8 +21,8 @@ works, :func:`available` warns once and returns False, and the families' other p
 
 Each family's launchers (``forward(x, *values, channel_dim)`` and ``backward(grad, x, *values, channel_dim,
 need_x, need_values)``, as the Triton ones) prepare the ``[ROWS, C]`` coefficient rows that the C++ expects
-and turn its ``[SUMS, C]`` sums into gradients; they live with the family's math and call :func:`forward` and
-:func:`backward` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
+and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward` and
+:func:`breakpoints` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ def _build(K: int) -> ctypes.CDLL:
                                      torch.__version__.encode()])).hexdigest()[:24]
     errors = []
     for directory in _cache_dirs():
-        target = directory / f"cpu_channels_last_k{K}_{key}.so"
+        target = directory / f"cpu_k{K}_{key}.so"
         if target.exists():
             return ctypes.CDLL(str(target))
         try:

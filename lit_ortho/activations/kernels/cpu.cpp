@@ -1,14 +1,14 @@
-// lit_ortho's CPU kernels for per-channel coefficients along the innermost dimension of memory.
+// lit_ortho's CPU kernels: each family's forward, and its dx with every coefficient-gradient sum in one pass.
 //
-// The input is a row-major [N, C] float32 array: channel c of row n at x[n * C + c]. Every coefficient is a
-// row of C values (one per channel) in a [ROWS, C] array prepared by cpu_channels_last.py. The work goes in
-// tiles of R rows by one vector of W channels: the tile's coefficients are loaded into registers once, its
-// R rows are computed with them, and the backward's coefficient-gradient sums are kept in registers over the
-// R rows before being added to the thread's [SUMS, C] partial sums. So dx and every sum take one pass over
-// x and grad together, which inductor's CPU backend cannot fuse for sums down the columns.
+// Two layouts (cpu.py's `layout`). Columns: a row-major [N, C] float32 array with one coefficient set per channel c
+// (x[n * C + c]); each coefficient is a row of C values in a [ROWS, C] array prepared by cpu.py. The work goes in
+// tiles of R rows by one vector of W channels: the tile's coefficients are loaded into registers once, its R rows
+// are computed with them, and the backward's sums are kept in registers over the R rows before being added to the
+// thread's partial sums; inductor's CPU backend cannot fuse such column sums with dx. Rows: [O, C, I], each (o, c) a
+// contiguous row of I elements with one coefficient set (shared coefficients: O = C = 1), walked in vectors.
 //
-// Compiled by cpu_channels_last.py with -DLIT_K=<coefficients per line or term>: every loop over K is then
-// unrolled and its sums stay in registers. GCC vector extensions give one source for AVX-512, AVX2 or SSE.
+// Compiled by cpu.py with -DLIT_K=<coefficients per line or term>: every loop over K is then unrolled and its sums
+// stay in registers. GCC vector extensions give one source for AVX-512, AVX2 or SSE.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
