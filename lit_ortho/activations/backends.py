@@ -38,8 +38,8 @@ BACKENDS = ("auto", "eager", "triton")
 #: Below this many elements a CPU call stays eager: compiling (1.5-8 s per family and shape on 2 cores) would
 #: cost a short run more than it saves (benchmarks/RESULTS.md, "eager CPU ... lazily compiled kernel").
 LAZY_COMPILE_MIN_ELEMENTS = 1 << 22
-#: From this many elements an eager CPU call with per-channel values on the innermost dim runs the C++ kernels
-#: (built once per machine, ~1 s; below this the Python around a call costs more than eager PyTorch saves).
+#: From this many elements an eager CPU call runs the family's C++ kernels where its record lists the layout (built
+#: once per machine and degree, ~1 s; below this the Python around a call costs more than eager PyTorch saves).
 CPU_KERNEL_MIN_ELEMENTS = 1 << 16
 LAZY_COMPILE_ENV = "LIT_ORTHO_LAZY_COMPILE"
 _COMPILED: dict[str, Callable[..., Tensor]] = {}

@@ -46,8 +46,8 @@ class Family:
         triton: dotted path of a module with ``forward(x, *values, channel_dim)`` and
             ``backward(grad, x, *values, channel_dim, need_x, need_values)`` Triton launchers (imported
             on first use); ``None``: no kernels, the family runs eager (and compiled) everywhere.
-        cpu: launchers of the C++ CPU kernels for per-channel values on the innermost dim of memory
-            (:mod:`lit_ortho.activations.kernels.cpu`); ``None``: the compiled twin runs there.
+        cpu: launchers of the C++ CPU kernels (:mod:`lit_ortho.activations.kernels.cpu`) and the layouts where
+            ``"auto"`` runs them; ``None``: none, the compiled twin (or eager PyTorch) runs on CPU.
         fit: ``fit(module, x, y, dy, weight) -> {value name: tensor}``: a family-specific fit to a
             target; ``None``: the generic L-BFGS fit of :mod:`lit_ortho.activations.init`.
     """

@@ -8,7 +8,8 @@ For each family with Triton kernels (``Family.triton``), two ops in the ``lit_or
 
 with the family's values in its record's order; the backward returns a gradient for ``x`` and for each
 learnable value. Families with C++ CPU kernels (``Family.cpu``) get ``lit_ortho::hermite_cpu`` and
-``lit_ortho::hermite_cpu_backward`` the same way (``op(family, "cpu")``). The forward op saves only ``x`` and the values for backward (GELU's own footprint).
+``lit_ortho::hermite_cpu_backward`` the same way (``op(family, "cpu")``). The forward op saves only ``x`` and
+the values for backward (GELU's own footprint).
 ``torch.compile(fullgraph=True)`` traces them as single nodes. Double backward (``create_graph=True``)
 recomputes F with the family's eager Function and differentiates that.
 
@@ -25,10 +26,9 @@ import torch
 from lit_ortho.activations.family import Family, get_family
 from lit_ortho.activations.kernels import check_device
 
-__all__ = ["op", "backward_op", "NAMESPACE", "KINDS"]
+__all__ = ["op", "backward_op", "NAMESPACE"]
 
 NAMESPACE = "lit_ortho"
-KINDS = ("triton", "cpu")  # which kernels: the Triton ones (CUDA) or the C++ ones (CPU, per channel innermost)
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
 _REGISTERED: set[str] = set()
 
@@ -46,7 +46,8 @@ def _registered(family: str, kind: str) -> bool:
 
 
 def op(family: str, kind: str = "triton"):
-    """The forward op of a family's kernels: ``op("hermite")(x, coefficients, channel_dim)``."""
+    """The forward op of a family's kernels, ``kind`` ``"triton"`` (CUDA) or ``"cpu"`` (C++):
+    ``op("hermite")(x, coefficients, channel_dim)``."""
     _registered(family, kind)
     return getattr(getattr(torch.ops, NAMESPACE), _name(family, kind))
 
