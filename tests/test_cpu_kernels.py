@@ -280,6 +280,27 @@ def test_library_is_built_once_and_reused(fresh_build, monkeypatch):
     assert built[0].stat().st_mtime_ns == stamp
 
 
+def test_cache_key_names_the_cpu(fresh_build, monkeypatch):
+    """A cache shared by nodes of different CPUs (a home directory on NFS) keeps one library per CPU: one built for
+    AVX-512 would die of SIGILL on an AVX2 node."""
+    assert cpu.available(3)
+    monkeypatch.setattr(cpu, "_LIBRARIES", {})
+    monkeypatch.setattr(cpu, "_cpu_identity", lambda: "model name: another CPU\nflags: sse2 avx2")
+    assert cpu.available(3)
+    assert len(list(fresh_build.glob("*.so"))) == 2
+
+
+def test_two_processes_build_at_once(tmp_path):
+    """Two processes (DDP ranks on one node) build the same library at the same time into an empty cache: both load a
+    whole one, and one library is left."""
+    env = {**os.environ, cpu.CACHE_ENV: str(tmp_path)}
+    code = "from lit_ortho.activations.kernels import cpu as c; assert c._library(13) is not None"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert len(list(tmp_path.glob("*.so"))) == 1 and not list(tmp_path.glob("*.tmp"))
+
+
 def test_unwritable_cache_falls_back_to_the_temporary_directory(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_LIBRARIES", {})
     monkeypatch.setattr(cpu, "_FAILED", {})

@@ -31,6 +31,7 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import subprocess
 import tempfile
 import threading
@@ -67,13 +68,25 @@ def _compiler() -> str:
     return get_cpp_compiler()
 
 
+def _cpu_identity() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and instruction-set flags. Part of the cache key, so that a
+    cache on a home directory shared by nodes of different CPUs never hands one a library with instructions it lacks
+    (an AVX-512 build on an AVX2 node dies of SIGILL)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        wanted = [next((line for line in lines if line.startswith(k)), "") for k in ("model name", "flags", "Features")]
+        return "\n".join(wanted)
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
 def _build(K: int) -> ctypes.CDLL:
     """Compile (or find compiled) the kernels for K coefficients and load them."""
     source = SOURCE.read_bytes()
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), str(K).encode(),
-                                     torch.__version__.encode()])).hexdigest()[:24]
+                                     torch.__version__.encode(), _cpu_identity().encode()])).hexdigest()[:24]
     errors = []
     for directory in _cache_dirs():
         target = directory / f"cpu_k{K}_{key}.so"
