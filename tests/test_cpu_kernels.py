@@ -190,6 +190,24 @@ def test_first_calls_of_two_families_inside_one_compiled_graph(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
+def test_shared_values_on_a_channels_last_tensor(family):
+    """Shared coefficients on an NCHW tensor in channels_last memory (timm's ConvNeXt MLP with 1x1 convolutions): walked
+    in memory order, the output in the input's strides; a grad laid out otherwise (contiguous) is matched element for
+    element."""
+    module = _module(family)
+    x = (1.5 * torch.randn(2, 24, 5, 7)).to(memory_format=torch.channels_last)
+    grad = torch.randn(2, 24, 5, 7)  # contiguous, unlike x
+    assert cpu.layout(x, False, -1) == "shared"
+    y, dx, value_grads = _kernels(family, x, grad, _values(module), -1)
+    assert y.stride() == dx.stride() == x.stride()
+    y64, dx64, grads64 = _eager_float64(family, x, grad, _values(module), -1)
+    _assert_close_scaled(y, y64, 2e-6)
+    _assert_close_scaled(dx, dx64, 2e-6)
+    for got, expected in zip(value_grads, grads64):
+        _assert_close_scaled(got, expected, 1e-4)
+
+
 def test_channels_last_input_with_per_channel_dim_1():
     """An NCHW tensor in channels_last memory has its channels innermost: the kernels take it without a copy and
     the output keeps its strides."""

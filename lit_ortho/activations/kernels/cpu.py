@@ -145,7 +145,7 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
 
     * ``"columns"``: per-channel values with the channel dim innermost in memory (``channel_dim=-1`` on a contiguous
       tensor, dim 1 of a channels_last one);
-    * ``"shared"``: shared values on a contiguous tensor;
+    * ``"shared"``: shared values on a dense tensor, walked in memory order (contiguous, channels_last, ...);
     * ``"rows"`` / ``"short_rows"``: per-channel values on an outer dim of a contiguous tensor, each channel a row of
       the elements after it, of at least / fewer than :data:`SHORT_ROW` elements (NHWC's dim 1 / NCHW's dim 1).
     """
@@ -153,16 +153,29 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
         return None
     if per_channel and x.movedim(channel_dim, -1).is_contiguous():
         return "columns"
+    if not per_channel:
+        return "shared" if _memory_order(x) is not None else None
     if not x.is_contiguous():
         return None
-    if not per_channel:
-        return "shared"
     return "rows" if math.prod(x.shape[channel_dim % x.dim() + 1 :]) >= SHORT_ROW else "short_rows"
 
 
-def _walked(t: Tensor, kind: str, channel_dim: int) -> Tensor:
-    """``t`` (laid out as x) in the order the kernels walk it: a contiguous view (a float32 copy for bf16/fp16)."""
-    return (t.movedim(channel_dim, -1) if kind == "columns" else t).float().contiguous()
+def _memory_order(x: Tensor) -> Optional[list[int]]:
+    """``x``'s dims from the outermost in memory to the innermost, where so permuted ``x`` is contiguous (a dense tensor)."""
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d]))
+    return order if x.permute(order).is_contiguous() else None
+
+
+def _walked_view(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
+    """``t`` (x's shape) with its dims in the order the kernels walk ``x``: a contiguous view where ``t`` is laid out as x."""
+    if kind == "columns":
+        return t.movedim(channel_dim, -1)
+    return t.permute(_memory_order(x)) if kind == "shared" else t
+
+
+def _walked(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
+    """:func:`_walked_view` made contiguous float32: no copy for a float32 ``t`` laid out as x."""
+    return _walked_view(t, x, kind, channel_dim).float().contiguous()
 
 
 def _sizes(x: Tensor, kind: str, per_channel: bool, channel_dim: int) -> list[int]:
@@ -200,19 +213,16 @@ def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Ten
 
 def _into(out: Tensor, computed: Tensor, kind: str, channel_dim: int) -> None:
     """Copy the kernels' float32 result into ``out`` (bf16/fp16), unless they wrote it there directly."""
-    target = _walked_view(out, kind, channel_dim)
+    target = _walked_view(out, out, kind, channel_dim)
     if target.data_ptr() != computed.data_ptr():
         target.copy_(computed.view(target.shape))
 
 
-def _walked_view(t: Tensor, kind: str, channel_dim: int) -> Tensor:
-    return t.movedim(channel_dim, -1) if kind == "columns" else t
-
-
 def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor]:
-    """(a tensor like ``x``, the float32 buffer in walking order that the kernels write: a view of it for float32)."""
+    """(a tensor like ``x`` (its strides too), the float32 buffer in walking order that the kernels write: a view of it
+    for float32)."""
     out = torch.zeros_like(x) if zeros else torch.empty_like(x)
-    view = _walked_view(out, kind, channel_dim)
+    view = _walked_view(out, x, kind, channel_dim)
     return out, view if x.dtype == torch.float32 else torch.empty(view.shape, dtype=torch.float32)
 
 
@@ -221,7 +231,7 @@ def forward(family: str, K: int, x: Tensor, per_channel: bool, channel_dim: int,
     """F(x) by the family's C++ forward; ``rows`` in the order the .cpp's ``forward_block`` reads them."""
     kind = layout(x, per_channel, channel_dim)
     out, buffer = _output(x, kind, channel_dim)
-    _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, kind, channel_dim), buffer,
+    _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim), buffer,
           _rows(rows, per_channel), _consts(consts))
     _into(out, buffer, kind, channel_dim)
     return out
@@ -236,7 +246,7 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     dx, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
     C = sizes[1]
     sums = torch.empty(n_sums, C, dtype=torch.float32)
-    _call(K, f"{family}_backward", kind, sizes, _walked(x, kind, channel_dim), _walked(grad, kind, channel_dim),
+    _call(K, f"{family}_backward", kind, sizes, _walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim),
           buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
     if need_x:
         _into(dx, buffer, kind, channel_dim)
