@@ -2,6 +2,7 @@
 their numbers against float64 eager autograd, the dispatch that picks them (eager and under torch.compile), their
 custom ops, and how they are built and cached (a missing compiler, an unwritable cache, a build killed midway)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,16 @@ pytestmark = pytest.mark.skipif(not _have_cxx(), reason="the CPU kernels are com
 
 DEGREES = {"hermite": [1, 3, 8], "fourier": [1, 5], "tropical": [1, 5], "tropical_rational": [1, 6]}
 CASES = [(family, degree) for family in BUILTIN_FAMILIES for degree in DEGREES[family]]
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _values(module):
@@ -86,6 +97,28 @@ def test_kernels_match_float64_eager(family, degree, layout):
     for got, expected in zip(value_grads, grads64):  # float32 sums of up to 37,000 terms, as inductor's: 1e-4
         assert got.shape == expected.shape
         _assert_close_scaled(got, expected, 1e-4)
+
+
+@pytest.mark.parametrize("degree", [3, 8])
+def test_hermite_keeps_eagers_signed_infinities(degree):
+    """Huge inputs: the saturating recurrence gives eager's values, its correctly signed infinities included, and
+    gradients without NaN where the inputs are finite (as the compiled twin, tests/test_kernels.py), however many
+    threads: one thread's part of a sum may overflow to +inf and another's to -inf."""
+    huge = torch.tensor([-1e30, -3e13, -3e5, -2000.0, -1.5, 0.0, 0.7, 2000.0, 3e5, 3e13, 1e30, float("inf"), -float("inf")])
+    x = huge[:, None].expand(13, 16).contiguous()
+    module = L.build_activation({"name": "hermite", "degree": degree, "per_channel": 16, "init": "unit"})
+    with torch.no_grad():
+        module.coefficients.add_(0.25 * torch.randn(module.coefficients.shape, generator=torch.Generator().manual_seed(1)))
+    values = _values(module)
+    y = FAMILIES["hermite"].cpu.forward(x, *values, -1)
+    expected = FAMILIES["hermite"].eager(x, *values, channel_dim=-1)
+    assert torch.isinf(expected).sum() >= 4 * 16
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=0)  # the infinities exactly; finite values to rounding
+    finite = x[:-2]
+    for threads in (1, 2):
+        with _threads(threads):
+            dx, grad_a = FAMILIES["hermite"].cpu.backward(torch.ones_like(finite), finite, *values, -1, True, True)
+        assert not torch.isnan(dx).any() and not torch.isnan(grad_a).any(), (threads, grad_a[0])
 
 
 @pytest.mark.parametrize("K", [2, 3, 7, 12])

@@ -30,12 +30,12 @@ constexpr int W = 4;
 #endif
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int vi __attribute__((vector_size(W * 4)));
+typedef unsigned vu __attribute__((vector_size(W * 4)));
 // A tile is R rows of one vector of W channels, computed in blocks of B rows with the tile's coefficients and
-// partial sums held in registers over all R rows. Short tiles cost: each one reloads its coefficients and adds
-// its sums to memory, and with C = 3072 channels a tile of 8 rows made Tropical-rational-6's backward 2.3x slower
-// than one of 170 rows (C = 96, same element count), and 2.2x slower than one of 341 rows. So R covers TILE_ELEMENTS
-// elements (at least B rows, at most a thread's share). Those rows are C floats apart, which the hardware
-// prefetchers do not follow: the rows PREFETCH rows ahead are prefetched (3072 channels: 33 ms -> 25 ms).
+// partial sums held in registers over all R rows. Short tiles cost: each one reloads its coefficients and adds its
+// sums to memory. Tropical-rational-6's backward on 12288 x 3072 took 57 ms in tiles of 8 rows, 33 ms in tiles of 341.
+// So R covers TILE_ELEMENTS elements (at least B rows, at most a thread's share). Those rows are C floats apart, which
+// the hardware prefetchers do not follow: the rows PREFETCH rows ahead are prefetched (33 ms -> 25 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
 static inline long tile_rows(long N, long C, int threads) {
@@ -62,16 +62,20 @@ template <class V> static inline V clamp_finite(V t) {
     const V big = splat<V>(FLT_MAX);
     return select(t > big, big, select(t < -big, -big, t));
 }
+// a + b for combining partial sums: an infinite part counts as the largest finite float, so that an overflow in one
+// thread's or tile's part (+inf) and the opposite one in another's (-inf) give a finite sum, not NaN (a blown-up layer's
+// gradients are then large, as within one part; NaN inputs still give NaN).
+template <class V> static inline V saturated_sum(V a, V b) { return clamp_finite(clamp_finite(a) + clamp_finite(b)); }
 // v with its sign flipped where the integer held in the low mantissa bit of k is odd: (-1)^j v.
 static inline float flip_if_odd(float v, float k) {
-    int a, b;
+    unsigned a, b;
     std::memcpy(&a, &v, 4);
     std::memcpy(&b, &k, 4);
     a ^= b << 31;
     std::memcpy(&v, &a, 4);
     return v;
 }
-static inline vf flip_if_odd(vf v, vf k) { return (vf)((vi)v ^ ((vi)k << 31)); }
+static inline vf flip_if_odd(vf v, vf k) { return (vf)((vu)v ^ ((vu)k << 31)); }
 
 // ---- Hermite: F = sum_k a_k P_k, P_k = He_k / k!; rows: a_0..a_{K-1}; sums: g P_0 .. g P_{K-1} ------------
 // Clenshaw's recurrence with every b_k saturated at the largest finite float, as the compiled twin does.
@@ -285,7 +289,7 @@ static inline void backward_tile(const float *x, const float *g, float *dx, floa
         if (dx)
             for (int r = 0; r < n; ++r) store(dx + (r0 + r) * C, db[r]);
     }
-    for (int j = 0; j < F::SUMS; ++j) store(acc + j * C, load(acc + j * C, V{}) + s[j]);
+    for (int j = 0; j < F::SUMS; ++j) store(acc + j * C, saturated_sum(load(acc + j * C, V{}), s[j]));
 }
 
 template <class F>
@@ -325,7 +329,7 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
     const long n = long(F::SUMS) * C;
     std::memcpy(sums, partial.data(), n * sizeof(float));
     for (int t = 1; t < threads; ++t)
-        for (long i = 0; i < n; ++i) sums[i] += partial[size_t(t) * n + i];
+        for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
 }
 
 // ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
@@ -385,8 +389,8 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
             if (BACKWARD && channel >= 0)
                 for (int j = 0; j < SUMS; ++j) {
                     float total = 0.0f;
-                    for (int l = 0; l < W; ++l) total += s[j][l];
-                    acc[j * C + channel] += total;
+                    for (int l = 0; l < W; ++l) total = saturated_sum(total, s[j][l]);
+                    acc[j * C + channel] = saturated_sum(acc[j * C + channel], total);
                 }
         };
         for (long w = work * t / nt, w1 = work * (t + 1) / nt; w < w1; ++w) {
@@ -414,7 +418,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         const long n = long(SUMS) * C;
         std::memcpy(sums, partial.data(), n * sizeof(float));
         for (int t = 1; t < threads; ++t)
-            for (long i = 0; i < n; ++i) sums[i] += partial[size_t(t) * n + i];
+            for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
     }
 }
 
