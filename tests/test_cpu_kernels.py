@@ -241,6 +241,30 @@ def test_shared_values_on_a_channels_last_tensor(family):
         _assert_close_scaled(got, expected, 1e-4)
 
 
+@pytest.mark.parametrize("spec,shape", [
+    ({"name": "tropical_rational", "degree": 6}, (-1, 32)),
+    ({"name": "hermite", "degree": 3, "per_channel": 32}, (-1, 32)),
+    ({"name": "fourier", "degree": 3, "per_channel": 8, "channel_dim": 1}, (-1, 8, 40)),
+], ids=["shared", "columns", "short-rows"])
+def test_dynamic_shapes_compile_without_graph_breaks(spec, shape):
+    """``torch.compile(dynamic=True, fullgraph=True)``: choosing the layout reads symbolic sizes and strides (sorting the
+    strides broke the graph), and three batch sizes give eager's numbers."""
+    torch._dynamo.reset()
+    module = L.build_activation(spec)
+    reference = L.build_activation({**spec, "backend": "eager"})
+    reference.load_state_dict(module.state_dict())
+    compiled = torch.compile(module, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n in (5, 9, 17):
+        x = torch.randn(n, *shape[1:])
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = compiled(xa), reference(xb)
+        ya.sum().backward()
+        yb.sum().backward()
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+    assert f"{spec['name']}_cpu" in ops._REGISTERED
+
+
 def test_channels_last_input_with_per_channel_dim_1():
     """An NCHW tensor in channels_last memory has its channels innermost: the kernels take it without a copy and
     the output keeps its strides."""

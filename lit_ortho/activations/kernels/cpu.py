@@ -145,7 +145,7 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
 
     * ``"columns"``: per-channel values with the channel dim innermost in memory (``channel_dim=-1`` on a contiguous
       tensor, dim 1 of a channels_last one);
-    * ``"shared"``: shared values on a dense tensor, walked in memory order (contiguous, channels_last, ...);
+    * ``"shared"``: shared values on a contiguous or channels_last tensor, walked in memory order;
     * ``"rows"`` / ``"short_rows"``: per-channel values on an outer dim of a contiguous tensor, each channel a row of
       the elements after it, of at least / fewer than :data:`SHORT_ROW` elements (NHWC's dim 1 / NCHW's dim 1).
     """
@@ -161,9 +161,16 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
 
 
 def _memory_order(x: Tensor) -> Optional[list[int]]:
-    """``x``'s dims from the outermost in memory to the innermost, where so permuted ``x`` is contiguous (a dense tensor)."""
-    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d]))
-    return order if x.permute(order).is_contiguous() else None
+    """``x``'s dims from the outermost in memory to the innermost for a contiguous or channels_last(_3d) tensor (so
+    permuted, it is contiguous); None for other layouts. Checked, not sorted by stride: under ``torch.compile`` with
+    dynamic shapes the strides are symbols, which Python cannot sort."""
+    if x.is_contiguous():
+        return list(range(x.dim()))
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return [0, 2, 3, 1]
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return [0, 2, 3, 4, 1]
+    return None
 
 
 def _walked_view(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
