@@ -36,6 +36,12 @@ def fixed_slopes(K: int) -> list[float]:
     return [float(k) for k in range(K)]
 
 
+def fixed_slopes_like(intercepts: Tensor) -> Tensor:
+    """Tropical's slopes as a tensor shaped (and typed) like its ``[K]`` or ``[C, K]`` intercepts."""
+    K = intercepts.shape[-1]
+    return torch.tensor(fixed_slopes(K), dtype=intercepts.dtype, device=intercepts.device).expand(intercepts.shape)
+
+
 # ---- eager ---------------------------------------------------------------------------------------
 @torch.no_grad()  # values flow through the autograd Functions; argmax has no gradient
 def _running_max(x: Tensor, slopes, intercepts: list[Tensor], K: int, with_argmax: bool = False):
@@ -246,8 +252,7 @@ class _TropicalCompiled(torch.autograd.Function):
         rows = row_length(x, per_channel)
         xf, g = as_rows(x.to(dtype), rows), as_rows(grad_out.to(dtype) * scale.to(dtype), rows)
         c = intercepts.to(dtype)
-        slopes = torch.tensor(fixed_slopes(c.shape[-1]), dtype=dtype, device=c.device).expand(c.shape)
-        above, slope, order = _pieces(xf, slopes, c, cd)
+        above, slope, order = _pieces(xf, fixed_slopes_like(c), c, cd)
         grad_x = tie_to_rows(g * slope, xf, rows)
         grad_c = _sums_by_piece(g, above, order, per_channel, cd, rows, grad_x=grad_x)
         return grad_x.reshape(x.shape).to(x.dtype), grad_c.to(intercepts.dtype), None, None
@@ -311,7 +316,7 @@ def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     c = intercepts.float()
-    sorted_slopes, order, thresholds = cpu.breakpoints(torch.arange(K, dtype=c.dtype).expand(c.shape), c)
+    sorted_slopes, order, thresholds = cpu.breakpoints(fixed_slopes_like(c), c)
     dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
     return dx, piece_sums(sums, order).to(intercepts.dtype)

@@ -245,6 +245,13 @@ struct TropicalRational : Pieces<2, true> {
 };
 
 // ---- drivers ------------------------------------------------------------------------------------------------
+// sums[i] = the threads' parts partial[t * n + i] added up (saturating).
+static void combine_partials(const std::vector<float> &partial, int threads, long n, float *sums) {
+    std::memcpy(sums, partial.data(), n * sizeof(float));
+    for (int t = 1; t < threads; ++t)
+        for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
+}
+
 // A tile: rows [0, nr) of one vector of channels (or one channel, V = float), in blocks of B rows (zero-padded).
 template <class V> static inline int load_block(const float *p, long nr, long r0, long C, V *out) {
     const int n = int(std::min<long>(B, nr - r0));
@@ -326,15 +333,12 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
                 backward_tile<F, float>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + c, rows + c, nr, C, consts);
         }
     }
-    const long n = long(F::SUMS) * C;
-    std::memcpy(sums, partial.data(), n * sizeof(float));
-    for (int t = 1; t < threads; ++t)
-        for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
+    combine_partials(partial, threads, long(F::SUMS) * C, sums);
 }
 
 // ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
 // A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added across when the
-// channel changes. Rows of up to SHORT_ROW elements are walked channel by channel (all the rows of one channel,
+// channel changes. Rows shorter than SHORT_ROW elements (cpu.py's SHORT_ROW too) are walked channel by channel (all the rows of one channel,
 // then the next), so that the sums stay in registers across rows: flushed row by row, Tropical-rational-6 on NCHW
 // 256x160x16x16 (rows of 256) took 2.3x the time of the same elements with shared coefficients. Such rows are too
 // short for the hardware prefetchers to follow from one to the next, so each prefetches the next. Longer rows go
@@ -414,12 +418,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         }
         flush();
     }
-    if (BACKWARD) {
-        const long n = long(SUMS) * C;
-        std::memcpy(sums, partial.data(), n * sizeof(float));
-        for (int t = 1; t < threads; ++t)
-            for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
-    }
+    if (BACKWARD) combine_partials(partial, threads, long(SUMS) * C, sums);
 }
 
 // ---- breakpoints of a max of K lines, per channel: tropical.py's `breakpoints`, element for element ------------

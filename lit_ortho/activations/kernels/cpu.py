@@ -119,7 +119,7 @@ def _library(K: int) -> Optional[ctypes.CDLL]:
                 _LIBRARIES[K] = _build(K)
             except Exception as error:  # noqa: BLE001 - no compiler, no OpenMP, a full disk: the other paths still work
                 _FAILED[K] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                warnings.warn(f"lit_ortho: building the CPU kernels for per-channel coefficients failed ({_FAILED[K]}); "
+                warnings.warn(f"lit_ortho: building the CPU kernels for {K} coefficients failed ({_FAILED[K]}); "
                               "those layers run the compiled twin or eager PyTorch instead (slower).", stacklevel=3)
         return _LIBRARIES.get(K)
 
@@ -218,29 +218,28 @@ def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Ten
     function(*pointers, *(ctypes.c_long(n) for n in sizes), consts, ctypes.c_int(torch.get_num_threads()))
 
 
-def _into(out: Tensor, computed: Tensor, kind: str, channel_dim: int) -> None:
-    """Copy the kernels' float32 result into ``out`` (bf16/fp16), unless they wrote it there directly."""
-    target = _walked_view(out, out, kind, channel_dim)
-    if target.data_ptr() != computed.data_ptr():
-        target.copy_(computed.view(target.shape))
-
-
-def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor]:
-    """(a tensor like ``x`` (its strides too), the float32 buffer in walking order that the kernels write: a view of it
-    for float32)."""
+def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(a tensor like ``x`` (its strides too); its view in walking order; the float32 buffer the kernels write: that
+    view itself for float32, else a separate one for :func:`_into`)."""
     out = torch.zeros_like(x) if zeros else torch.empty_like(x)
     view = _walked_view(out, x, kind, channel_dim)
-    return out, view if x.dtype == torch.float32 else torch.empty(view.shape, dtype=torch.float32)
+    return out, view, view if x.dtype == torch.float32 else torch.empty(view.shape, dtype=torch.float32)
+
+
+def _into(view: Tensor, buffer: Tensor) -> None:
+    """Copy the kernels' float32 result into the output's view (bf16/fp16), unless they wrote it there directly."""
+    if buffer is not view:
+        view.copy_(buffer)
 
 
 def forward(family: str, K: int, x: Tensor, per_channel: bool, channel_dim: int, rows: Sequence[Tensor],
             consts: Sequence[float] = ()) -> Tensor:
     """F(x) by the family's C++ forward; ``rows`` in the order the .cpp's ``forward_block`` reads them."""
     kind = layout(x, per_channel, channel_dim)
-    out, buffer = _output(x, kind, channel_dim)
+    out, view, buffer = _output(x, kind, channel_dim)
     _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim), buffer,
           _rows(rows, per_channel), _consts(consts))
-    _into(out, buffer, kind, channel_dim)
+    _into(view, buffer)
     return out
 
 
@@ -250,13 +249,13 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     family's C++ backward: one pass over x and grad."""
     kind = layout(x, per_channel, channel_dim)
     sizes = _sizes(x, kind, per_channel, channel_dim)
-    dx, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
+    dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
     C = sizes[1]
     sums = torch.empty(n_sums, C, dtype=torch.float32)
     _call(K, f"{family}_backward", kind, sizes, _walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim),
           buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
     if need_x:
-        _into(dx, buffer, kind, channel_dim)
+        _into(view, buffer)
     return dx, sums.t() if per_channel else sums[:, 0]
 
 
