@@ -133,6 +133,11 @@ template <class V> static inline void sincos_pi(V u, const float *poly, V &sin_u
 }
 
 struct Fourier {
+    // The backward walks its block's rows H at a time: all B = 8 at once kept x, g, g x and dx of 8 rows live with the
+    // sine's and cosine's temporaries, more than the 32 vector registers, and the spills cost a third of its time
+    // (backward at 128x56x56x96 per channel: 24 ms with 8, 17 ms with 4, 16-21 ms with 2).
+    static constexpr int H = 4;
+    static_assert(B % H == 0);
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
@@ -146,26 +151,25 @@ struct Fourier {
         }
     }
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *poly) {
-        V gx[B];
-        for (int r = 0; r < B; ++r) {
-            s[0] += g[r];
-            gx[r] = g[r] * x[r];
-            d[r] = V{};
-        }
-        for (int k = 0; k < K; ++k) {
-            const V w = a[1 + k], phi = a[1 + K + k], slope = a[1 + 3 * K + k];
-            V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k];
-            for (int r = 0; r < B; ++r) {
-                V sin_u, cos_u;
-                sincos_pi(w * x[r] + phi, poly, sin_u, cos_u);
-                d[r] = slope * sin_u + d[r];
-                s_cos = g[r] * cos_u + s_cos;
-                s_sin = g[r] * sin_u + s_sin;
-                s_xsin = gx[r] * sin_u + s_xsin;
+        for (int r = 0; r < B; ++r) s[0] += g[r];
+        for (int h = 0; h < B; h += H) {
+            V gx[H], dh[H];
+            for (int r = 0; r < H; ++r) gx[r] = g[h + r] * x[h + r], dh[r] = V{};
+            for (int k = 0; k < K; ++k) {
+                const V w = a[1 + k], phi = a[1 + K + k], slope = a[1 + 3 * K + k];
+                V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k];
+                for (int r = 0; r < H; ++r) {
+                    V sin_u, cos_u;
+                    sincos_pi(w * x[h + r] + phi, poly, sin_u, cos_u);
+                    dh[r] = slope * sin_u + dh[r];
+                    s_cos = g[h + r] * cos_u + s_cos;
+                    s_sin = g[h + r] * sin_u + s_sin;
+                    s_xsin = gx[r] * sin_u + s_xsin;
+                }
+                s[1 + 3 * k] = s_cos, s[2 + 3 * k] = s_sin, s[3 + 3 * k] = s_xsin;
             }
-            s[1 + 3 * k] = s_cos, s[2 + 3 * k] = s_sin, s[3 + 3 * k] = s_xsin;
+            for (int r = 0; r < H; ++r) d[h + r] = g[h + r] * dh[r];
         }
-        for (int r = 0; r < B; ++r) d[r] = g[r] * d[r];
     }
 };
 
@@ -337,13 +341,18 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 }
 
 // ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
-// A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added across when the
-// channel changes. Rows shorter than SHORT_ROW elements (cpu.py's SHORT_ROW too) are walked channel by channel (all the rows of one channel,
-// then the next), so that the sums stay in registers across rows: flushed row by row, Tropical-rational-6 on NCHW
-// 256x160x16x16 (rows of 256) took 2.3x the time of the same elements with shared coefficients. Such rows are too
-// short for the hardware prefetchers to follow from one to the next, so each prefetches the next. Longer rows go
-// in memory order. Rows are cut into segments of SEGMENT elements so that every thread gets work; a segment's
-// last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are the case O = C = 1.
+// A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added to the thread's
+// per-channel sums (still vectors; lanes added across at the end) when the channel changes. A channel's coefficients
+// and sums lie together in memory, and the next row's are prefetched: between two uses of a channel, the rows
+// streamed through evict them from L1 and L2. Laid out [ROWS, C] and [SUMS, C], with each flush adding lanes,
+// Tropical-rational-6's backward on NHWC's dim 1 (56 rows of 5376 per image) took 20 ms against 13 ms for the same
+// elements with shared coefficients; now 14 ms. Rows shorter than SHORT_ROW elements (cpu.py's SHORT_ROW too) are
+// walked channel by channel (all the rows of one channel, then the next), so that the sums stay in registers across
+// rows: flushed row by row, Tropical-rational-6 on NCHW 256x160x16x16 (rows of 256) took 2.3x the time of the same
+// elements with shared coefficients. Such rows are too short for the hardware prefetchers to follow from one to the
+// next, so each prefetches the next. Longer rows go in memory order. Rows are cut into segments of SEGMENT elements so
+// that every thread gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared
+// coefficients are the case O = C = 1.
 constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
@@ -382,20 +391,19 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
     const long segments = (I + SEGMENT - 1) / SEGMENT, work = O * C * segments;
     const bool by_channel = C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
     threads = int(std::max(1L, std::min<long>(threads, work)));
-    std::vector<float> partial(BACKWARD ? size_t(threads) * SUMS * C : 0, 0.0f);
+    std::vector<vf> partial(BACKWARD ? size_t(threads) * C * SUMS : 0);  // per thread, channel and sum: still lanes
+    std::vector<float> coefficients(size_t(C) * ROWS);  // channel by channel: one channel's in one or two lines
+    for (long c = 0; c < C; ++c)
+        for (int j = 0; j < ROWS; ++j) coefficients[c * ROWS + j] = rows[j * C + c];
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *acc = BACKWARD ? partial.data() + size_t(t) * SUMS * C : nullptr;
+        vf *acc = BACKWARD ? partial.data() + size_t(t) * C * SUMS : nullptr;
         vf a[ROWS] = {}, s[SUMS] = {};
         long channel = -1;
         auto flush = [&]() {
             if (BACKWARD && channel >= 0)
-                for (int j = 0; j < SUMS; ++j) {
-                    float total = 0.0f;
-                    for (int l = 0; l < W; ++l) total = saturated_sum(total, s[j][l]);
-                    acc[j * C + channel] = saturated_sum(acc[j * C + channel], total);
-                }
+                for (int j = 0; j < SUMS; ++j) acc[channel * SUMS + j] = saturated_sum(acc[channel * SUMS + j], s[j]);
         };
         for (long w = work * t / nt, w1 = work * (t + 1) / nt; w < w1; ++w) {
             const long row = w / segments, start = (w % segments) * SEGMENT;
@@ -403,8 +411,14 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
             if (c != channel) {
                 flush();
                 channel = c;
-                for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(rows[j * C + c]);
+                for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(coefficients[c * ROWS + j]);
                 for (int j = 0; j < SUMS; ++j) s[j] = vf{};
+            }
+            if (w + 1 < w1) {  // the next segment's coefficients and sums: evicted by the rows streamed since their last use
+                const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
+                for (int j = 0; j < ROWS; j += 8) __builtin_prefetch(coefficients.data() + cn * ROWS + j);
+                if (BACKWARD)
+                    for (int j = 0; j < SUMS; ++j) __builtin_prefetch(acc + cn * SUMS + j, 1);
             }
             const long off = (o * C + c) * I + start;
             if (by_channel && o + 1 < O)  // the channel's next row is C * I floats on: fetch it early
@@ -418,7 +432,16 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         }
         flush();
     }
-    if (BACKWARD) combine_partials(partial, threads, long(SUMS) * C, sums);
+    if (BACKWARD) {  // the threads' sums added as vectors, then each vector's lanes
+        for (int t = 1; t < threads; ++t)
+            for (size_t i = 0; i < size_t(C) * SUMS; ++i) partial[i] = saturated_sum(partial[i], partial[t * C * SUMS + i]);
+        for (long c = 0; c < C; ++c)
+            for (int j = 0; j < SUMS; ++j) {
+                float total = 0.0f;
+                for (int l = 0; l < W; ++l) total = saturated_sum(total, partial[c * SUMS + j][l]);
+                sums[j * C + c] = total;
+            }
+    }
 }
 
 // ---- breakpoints of a max of K lines, per channel: tropical.py's `breakpoints`, element for element ------------
