@@ -69,6 +69,7 @@ LAYOUTS = {  # id: (per_channel, channel_dim, shape, the kernels' layout)
     "shared-5": (False, -1, (5,), "shared"),  # less than one block: zero padding
     "dim-1-short-rows": (True, 1, (3, 7, 130), "short_rows"),  # walked channel by channel
     "dim-0-long-rows": (True, 0, (6, 40000), "rows"),  # memory order, rows of two segments
+    "dim-1-long-rows": (True, 1, (3, 5, 4200), "rows"),  # memory order, the channel changing every row (NHWC's dim 1)
 }
 
 
@@ -100,25 +101,45 @@ def test_kernels_match_float64_eager(family, degree, layout):
 
 
 @pytest.mark.parametrize("degree", [3, 8])
-def test_hermite_keeps_eagers_signed_infinities(degree):
+@pytest.mark.parametrize("channel_dim", [-1, 0], ids=["columns", "rows"])
+def test_hermite_keeps_eagers_signed_infinities(degree, channel_dim):
     """Huge inputs: the saturating recurrence gives eager's values, its correctly signed infinities included, and
     gradients without NaN where the inputs are finite (as the compiled twin, tests/test_kernels.py), however many
     threads: one thread's part of a sum may overflow to +inf and another's to -inf."""
     huge = torch.tensor([-1e30, -3e13, -3e5, -2000.0, -1.5, 0.0, 0.7, 2000.0, 3e5, 3e13, 1e30, float("inf"), -float("inf")])
     x = huge[:, None].expand(13, 16).contiguous()
-    module = L.build_activation({"name": "hermite", "degree": degree, "per_channel": 16, "init": "unit"})
+    if channel_dim == 0:  # each channel a row of the 13 values
+        x = x.t().contiguous()
+    module = L.build_activation({"name": "hermite", "degree": degree, "per_channel": 16, "channel_dim": channel_dim,
+                                 "init": "unit"})
     with torch.no_grad():
         module.coefficients.add_(0.25 * torch.randn(module.coefficients.shape, generator=torch.Generator().manual_seed(1)))
     values = _values(module)
-    y = FAMILIES["hermite"].cpu.forward(x, *values, -1)
-    expected = FAMILIES["hermite"].eager(x, *values, channel_dim=-1)
+    y = FAMILIES["hermite"].cpu.forward(x, *values, channel_dim)
+    expected = FAMILIES["hermite"].eager(x, *values, channel_dim=channel_dim)
     assert torch.isinf(expected).sum() >= 4 * 16
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=0)  # the infinities exactly; finite values to rounding
-    finite = x[:-2]
+    finite = x[:-2] if channel_dim == -1 else x[:, :-2].contiguous()
     for threads in (1, 2):
         with _threads(threads):
-            dx, grad_a = FAMILIES["hermite"].cpu.backward(torch.ones_like(finite), finite, *values, -1, True, True)
+            dx, grad_a = FAMILIES["hermite"].cpu.backward(torch.ones_like(finite), finite, *values, channel_dim, True, True)
         assert not torch.isnan(dx).any() and not torch.isnan(grad_a).any(), (threads, grad_a[0])
+
+
+def test_rows_threads_parts_of_one_channel_combine_without_nan():
+    """Per channel on dim 1, rows of +1e30 then rows of -1e30: on two threads channel 2 is split between them (10 rows,
+    5 each, walked channel by channel). Within each thread's part a lane adds the largest float three times, so the
+    odd polynomials' sums reach +inf in one part and -inf in the other. Added saturating (at each flush to the
+    thread's sums, and across threads), they are not NaN; plain adds at both give NaN."""
+    x = torch.tensor([1e30, -1e30])[:, None, None].expand(2, 5, 40).contiguous()
+    module = L.build_activation({"name": "hermite", "degree": 4, "per_channel": 5, "channel_dim": 1, "init": "unit"})
+    values = _values(module)
+    assert cpu.layout(x, True, 1) == "short_rows"
+    for threads in (1, 2):
+        with _threads(threads):
+            _, grad_a = FAMILIES["hermite"].cpu.backward(torch.ones_like(x), x, *values, 1, True, True)
+        assert not torch.isnan(grad_a).any(), (threads, grad_a)
+        assert (grad_a[:, 2] > 1e38).all() and (grad_a[:, 4] > 1e38).all(), grad_a  # P_2, P_4 of +-1e30: positive
 
 
 @pytest.mark.parametrize("K", [2, 3, 7, 12])

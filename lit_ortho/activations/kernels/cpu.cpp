@@ -114,7 +114,7 @@ struct Hermite {
 };
 
 // ---- Fourier: F = a_0 + sum_k (c_k / k!) cos(pi u_k), u_k = (w_k / pi) x - phi_k / pi ------------------
-// rows: bias, w/pi [K], -phi/pi [K], c/k! [K], -(c/k!) w [K]; consts: the 5 sine and 6 cosine polynomial
+// rows: bias, w/pi [K], -phi/pi [K], c/k! [K], -(c/k!) w [K]; consts: the 5 sine and 5 cosine polynomial
 // coefficients of fourier.py's sincos_pi; sums: g, then per term g cos, g sin, g x sin. Term by term over the
 // block's rows, so that only one term's coefficients and sums are live at a time (all of them at once spill).
 constexpr float ROUNDER = 12582912.0f;  // 1.5 * 2^23: u + ROUNDER - ROUNDER rounds u to an integer
@@ -129,7 +129,7 @@ template <class V> static inline void sincos_pi(V u, const float *poly, V &sin_u
     V f = u - (k - ROUNDER);  // in [-1/2, 1/2], exact for |u| < 2^22
     V t = f * f;
     sin_u = flip_if_odd(f, k) * horner(t, poly, 5);
-    cos_u = flip_if_odd(horner(t, poly + 5, 6), k);
+    cos_u = flip_if_odd(horner(t, poly + 5, 5), k);
 }
 
 struct Fourier {
