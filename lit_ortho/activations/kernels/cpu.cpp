@@ -346,14 +346,15 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 // and sums lie together in memory, and the next row's are prefetched: between two uses of a channel, the rows
 // streamed through evict them from L1 and L2. Laid out [ROWS, C] and [SUMS, C], with each flush adding lanes,
 // Tropical-rational-6's backward on NHWC's dim 1 (56 rows of 5376 per image) took 20 ms against 13 ms for the same
-// elements with shared coefficients; now 14 ms. Rows shorter than SHORT_ROW elements (cpu.py's SHORT_ROW too) are
-// walked channel by channel (all the rows of one channel, then the next), so that the sums stay in registers across
-// rows: flushed row by row, Tropical-rational-6 on NCHW 256x160x16x16 (rows of 256) took 2.3x the time of the same
-// elements with shared coefficients. Such rows are too short for the hardware prefetchers to follow from one to the
-// next, so each prefetches the next. Longer rows go in memory order. Rows are cut into segments of SEGMENT elements so
-// that every thread gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared
-// coefficients are the case O = C = 1.
-constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096;
+// elements with shared coefficients; now 14 ms. The backward walks rows shorter than SHORT_ROW elements (cpu.py's
+// SHORT_ROW too) channel by channel (all the rows of one channel, then the next), so that the sums stay in registers
+// across rows: flushed row by row, Tropical-rational-6's backward on NCHW 256x160x16x16 (rows of 256) took 6.7 ms
+// against 4.4 ms. Such rows are too short for the hardware prefetchers to follow from one to the next, so the row
+// AHEAD rows on is prefetched (1 row ahead: 4.6 ms, 2: 3.9 ms). Everything else, the forward included (no sums:
+// 3.0 -> 2.6 ms there), goes in memory order. Rows are cut into segments of SEGMENT elements so that every thread
+// gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are
+// the case O = C = 1.
+constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096, AHEAD = 2;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
 static inline void row_segment(const float *x, const float *g, float *out, long len, const vf *a, vf *s,
@@ -389,7 +390,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                       const float *consts, int threads) {
     constexpr int ROWS = BACKWARD ? F::BACKWARD_ROWS : F::FORWARD_ROWS, SUMS = BACKWARD ? F::SUMS : 1;
     const long segments = (I + SEGMENT - 1) / SEGMENT, work = O * C * segments;
-    const bool by_channel = C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
+    const bool by_channel = BACKWARD && C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
     threads = int(std::max(1L, std::min<long>(threads, work)));
     std::vector<vf> partial(BACKWARD ? size_t(threads) * C * SUMS : 0);  // per thread, channel and sum: still lanes
     std::vector<float> coefficients(size_t(C) * ROWS);  // channel by channel: one channel's in one or two lines
@@ -421,11 +422,11 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                     for (int j = 0; j < SUMS; ++j) __builtin_prefetch(acc + cn * SUMS + j, 1);
             }
             const long off = (o * C + c) * I + start;
-            if (by_channel && o + 1 < O)  // the channel's next row is C * I floats on: fetch it early
+            if (by_channel && o + AHEAD < O)  // the channel's row AHEAD rows on is AHEAD * C * I floats on: fetch it early
                 for (long i = 0; i < I; i += 16) {
-                    __builtin_prefetch(x + off + C * I + i);
-                    if (BACKWARD) __builtin_prefetch(g + off + C * I + i);
-                    if (out) __builtin_prefetch(out + off + C * I + i, 1);
+                    __builtin_prefetch(x + off + AHEAD * C * I + i);
+                    if (BACKWARD) __builtin_prefetch(g + off + AHEAD * C * I + i);
+                    if (out) __builtin_prefetch(out + off + AHEAD * C * I + i, 1);
                 }
             row_segment<F, BACKWARD, ROWS, SUMS>(x + off, BACKWARD ? g + off : nullptr, out ? out + off : nullptr,
                                                  std::min(SEGMENT, I - start), a, s, consts);

@@ -134,7 +134,8 @@ def coefficient_count(values: Sequence[Tensor]) -> int:
     return max(v.shape[-1] for v in values if v.dim() >= 1)
 
 
-#: Rows of per-channel values shorter than this many elements are walked channel by channel (the .cpp's SHORT_ROW).
+#: Rows of per-channel values shorter than this many elements are walked channel by channel in the backward (the .cpp's
+#: SHORT_ROW).
 SHORT_ROW = 4096
 LAYOUTS = ("columns", "shared", "rows", "short_rows")
 
