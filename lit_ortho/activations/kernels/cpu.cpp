@@ -259,6 +259,13 @@ struct TropicalRational : Pieces<2, true> {
 };
 
 // ---- drivers ------------------------------------------------------------------------------------------------
+// A vector's lanes added up (saturating).
+static inline float lane_total(vf v) {
+    float total = 0.0f;
+    for (int l = 0; l < W; ++l) total = saturated_sum(total, v[l]);
+    return total;
+}
+
 // sums[i] = the threads' parts partial[t * n + i] added up (saturating).
 static void combine_partials(const std::vector<float> &partial, int threads, long n, float *sums) {
     std::memcpy(sums, partial.data(), n * sizeof(float));
@@ -351,12 +358,11 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 }
 
 // ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
-// A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added to the thread's
-// per-channel sums (still vectors; lanes added across at the end) when the channel changes. A channel's coefficients
-// and sums lie together in memory, and the next row's are prefetched: between two uses of a channel, the rows
-// streamed through evict them from L1 and L2. Laid out [ROWS, C] and [SUMS, C], with each flush adding lanes,
-// Tropical-rational-6's backward on NHWC's dim 1 (56 rows of 5376 per image) took 20 ms against 13 ms for the same
-// elements with shared coefficients; now 14 ms. The backward walks rows shorter than SHORT_ROW elements (cpu.py's
+// A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added across into the
+// thread's per-channel sums when the channel changes. A channel's coefficients and sums lie together in memory, and
+// the next channel's are prefetched: between two uses of a channel, the rows streamed through evict them from L1 and
+// L2. Laid out [ROWS, C] and [SUMS, C], Tropical-rational-6's backward on NHWC's dim 1 (56 rows of 5376 per image)
+// took 20 ms against 13 ms for the same elements with shared coefficients; now 14 ms. The backward walks rows shorter than SHORT_ROW elements (cpu.py's
 // SHORT_ROW too) channel by channel (all the rows of one channel, then the next), so that the sums stay in registers
 // across rows: flushed row by row, Tropical-rational-6's backward on NCHW 256x160x16x16 (rows of 256) took 6.7 ms
 // against 4.4 ms. Such rows are too short for the hardware prefetchers to follow from one to the next, so the row
@@ -402,19 +408,20 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
     const long segments = (I + SEGMENT - 1) / SEGMENT, work = O * C * segments;
     const bool by_channel = BACKWARD && C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
     threads = int(std::max(1L, std::min<long>(threads, work)));
-    std::vector<vf> partial(BACKWARD ? size_t(threads) * C * SUMS : 0);  // per thread, channel and sum: still lanes
+    std::vector<float> partial(BACKWARD ? size_t(threads) * C * SUMS : 0, 0.0f);  // per thread, channel by channel
     std::vector<float> coefficients(size_t(C) * ROWS);  // channel by channel: one channel's in one or two lines
     for (long c = 0; c < C; ++c)
         for (int j = 0; j < ROWS; ++j) coefficients[c * ROWS + j] = rows[j * C + c];
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        vf *acc = BACKWARD ? partial.data() + size_t(t) * C * SUMS : nullptr;
+        float *acc = BACKWARD ? partial.data() + size_t(t) * C * SUMS : nullptr;
         vf a[ROWS] = {}, s[SUMS] = {};
         long channel = -1;
         auto flush = [&]() {
             if (BACKWARD && channel >= 0)
-                for (int j = 0; j < SUMS; ++j) acc[channel * SUMS + j] = saturated_sum(acc[channel * SUMS + j], s[j]);
+                for (int j = 0; j < SUMS; ++j)
+                    acc[channel * SUMS + j] = saturated_sum(acc[channel * SUMS + j], lane_total(s[j]));
         };
         for (long w = work * t / nt, w1 = work * (t + 1) / nt; w < w1; ++w) {
             const long row = w / segments, start = (w % segments) * SEGMENT;
@@ -429,7 +436,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                 const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
                 for (int j = 0; j < ROWS; j += 8) __builtin_prefetch(coefficients.data() + cn * ROWS + j);
                 if (BACKWARD)
-                    for (int j = 0; j < SUMS; ++j) __builtin_prefetch(acc + cn * SUMS + j, 1);
+                    for (int j = 0; j < SUMS; j += 8) __builtin_prefetch(acc + cn * SUMS + j, 1);
             }
             const long off = (o * C + c) * I + start;
             if (by_channel && o + AHEAD < O)  // the channel's row AHEAD rows on is AHEAD * C * I floats on: fetch it early
@@ -443,16 +450,13 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         }
         flush();
     }
-    if (BACKWARD) {  // the threads' sums added as vectors, then each vector's lanes
-        for (int t = 1; t < threads; ++t)
-            for (size_t i = 0; i < size_t(C) * SUMS; ++i) partial[i] = saturated_sum(partial[i], partial[t * C * SUMS + i]);
+    if (BACKWARD)  // the threads' parts added
         for (long c = 0; c < C; ++c)
             for (int j = 0; j < SUMS; ++j) {
-                float total = 0.0f;
-                for (int l = 0; l < W; ++l) total = saturated_sum(total, partial[c * SUMS + j][l]);
+                float total = partial[c * SUMS + j];
+                for (int t = 1; t < threads; ++t) total = saturated_sum(total, partial[(t * C + c) * SUMS + j]);
                 sums[j * C + c] = total;
             }
-    }
 }
 
 // ---- breakpoints of a max of K lines, per channel: tropical.py's `breakpoints`, element for element ------------
