@@ -4,26 +4,18 @@ GELU MLP, and bitwise the same losses and gradients (CPU, fp32). Bytes are count
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from lit_ortho.models import GPT, GPTConfig, create_convnext
 
-
-def saved_bytes(fn, *args) -> int:
-    """Bytes of the distinct storages autograd keeps for the backward of ``fn(*args).sum()``, parameters excluded."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        if not isinstance(t, torch.nn.Parameter):
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*args)
-    out.float().sum().backward()
-    return sum(seen.values())
+_spec = importlib.util.spec_from_file_location("_bench_mlp_memory", Path(__file__).parent.parent / "benchmarks" / "mlp_memory.py")
+mlp_memory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mlp_memory)
+saved_bytes = mlp_memory.saved_bytes  # distinct storages packed for backward, parameters excluded
 
 
 def _gpt(activation, recompute, n_layer=1):
@@ -84,3 +76,14 @@ def test_convnext_mlp_recomputes_and_matches_bitwise():
     ours, grads = run(True)
     assert ours < 0.8 * plain
     assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+
+
+def test_the_benchmark_table_shows_every_recomputing_mlp_lighter_and_bitwise_the_same():
+    """benchmarks/mlp_memory.py --dry-run's rows: GPT-2 block, GPT-2 tiny and ConvNeXt-atto, each family."""
+    results = mlp_memory.rows(dry=True)
+    assert {r["activation"] for r in results} == set(mlp_memory.ACTIVATIONS) and len(results) == 3 * len(mlp_memory.ACTIVATIONS)
+    for r in results:
+        assert r["recompute"] <= 0.8 * r["gelu"] and r["recompute"] < r["plain"], r
+        assert r["bitwise"], r
+    lines = mlp_memory.table(results)
+    assert len(lines) == 2 + len(results) and all(line.count("|") == 8 for line in lines)
