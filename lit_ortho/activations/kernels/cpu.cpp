@@ -361,15 +361,16 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 // A row's coefficients are scalars, broadcast to every lane, and its sums lanes of vectors, added across into the
 // thread's per-channel sums when the channel changes. A channel's coefficients and sums lie together in memory, and
 // the next channel's are prefetched: between two uses of a channel, the rows streamed through evict them from L1 and
-// L2. Laid out [ROWS, C] and [SUMS, C], Tropical-rational-6's backward on NHWC's dim 1 (56 rows of 5376 per image)
-// took 20 ms against 13 ms for the same elements with shared coefficients; now 14 ms. The backward walks rows shorter than SHORT_ROW elements (cpu.py's
-// SHORT_ROW too) channel by channel (all the rows of one channel, then the next), so that the sums stay in registers
-// across rows: flushed row by row, Tropical-rational-6's backward on NCHW 256x160x16x16 (rows of 256) took 6.7 ms
-// against 4.4 ms. Such rows are too short for the hardware prefetchers to follow from one to the next, so the row
-// AHEAD rows on is prefetched (1 row ahead: 4.6 ms, 2: 3.9 ms). Everything else, the forward included (no sums:
-// 3.0 -> 2.6 ms there), goes in memory order. Rows are cut into segments of SEGMENT elements so that every thread
-// gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are
-// the case O = C = 1.
+// L2. (Laid out [ROWS, C] and [SUMS, C], Tropical-rational-6's backward on NHWC's dim 1, 56 rows of 5376 per image,
+// took 20 ms against 13 ms for the same elements with shared coefficients; now 14 ms.)
+//
+// The backward walks rows shorter than SHORT_ROW elements (cpu.py's SHORT_ROW too) channel by channel (all the rows of
+// one channel, then the next), so that the sums stay in registers across rows: flushed row by row, its time on NCHW
+// 256x160x16x16 (rows of 256) was 6.7 ms against 4.4 ms. Such rows are too short for the hardware prefetchers to
+// follow from one to the next, so the channel's row AHEAD rows on is prefetched (1 row ahead: 4.6 ms, 2: 3.9 ms).
+// Everything else, the forward included (it has no sums: 3.0 -> 2.6 ms there), goes in memory order. Rows are cut
+// into segments of SEGMENT elements so that every thread gets work; a segment's last block is zero-padded (x = 0 and
+// g = 0 add nothing to a sum). Shared coefficients are the case O = C = 1.
 constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096, AHEAD = 2;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
@@ -432,14 +433,14 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                 for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(coefficients[c * ROWS + j]);
                 for (int j = 0; j < SUMS; ++j) s[j] = vf{};
             }
-            if (w + 1 < w1) {  // the next segment's coefficients and sums: evicted by the rows streamed since their last use
+            if (w + 1 < w1) {  // the next segment's channel: its coefficients and sums
                 const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
                 for (int j = 0; j < ROWS; j += 8) __builtin_prefetch(coefficients.data() + cn * ROWS + j);
                 if (BACKWARD)
                     for (int j = 0; j < SUMS; j += 8) __builtin_prefetch(acc + cn * SUMS + j, 1);
             }
             const long off = (o * C + c) * I + start;
-            if (by_channel && o + AHEAD < O)  // the channel's row AHEAD rows on is AHEAD * C * I floats on: fetch it early
+            if (by_channel && o + AHEAD < O)  // this channel's row AHEAD rows on, AHEAD * C * I floats on
                 for (long i = 0; i < I; i += 16) {
                     __builtin_prefetch(x + off + AHEAD * C * I + i);
                     if (BACKWARD) __builtin_prefetch(g + off + AHEAD * C * I + i);
