@@ -178,8 +178,9 @@ def test_compiled_pieces_match_eager_at_ties_and_dead_lines(family, compiled):
         assert len(got) == len(expected) == (2 if family == "tropical" else 5)
         torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=1e-6)  # dx: the winning slope, exactly
         # The coefficient gradients are sums over each line's piece, which the compiled twin takes (for shared
-        # coefficients) as differences of the sums above neighbouring breakpoints: float32 rounding of a few 1e-6 here. A wrong piece moves a sum
-        # by at least one element's g (or g x, x a nonzero multiple of 1/8): far more than the tolerance.
+        # coefficients) as differences of the sums above neighbouring breakpoints: float32 rounding of a few 1e-6
+        # here. A wrong piece moves a sum by at least one element's g (or g x, x a nonzero multiple of 1/8): far more
+        # than the tolerance.
         assert grad.abs().min() > 1e-3
         for a, b in zip(got[1:], expected[1:]):
             torch.testing.assert_close(a, b, rtol=0, atol=2e-5)

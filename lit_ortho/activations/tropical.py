@@ -307,7 +307,7 @@ def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_in
     return _TropicalRationalCompiled.apply(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim)
 
 
-# ---- C++ kernels (per channel on the innermost dim): the compiled twin's pieces, summed in one pass ----------
+# ---- C++ kernels (the layouts in each record's Launchers): the compiled twin's pieces, summed in one pass ----
 def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
     return cpu.forward("tropical", intercepts.shape[-1], x, intercepts.dim() == 2, channel_dim, [intercepts],
                                      [float(scale)])

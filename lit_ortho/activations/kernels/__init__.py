@@ -5,8 +5,9 @@
   registered on first use.
 * :mod:`.triton_common`: tiles, coefficient loads, partial sums and the launch plan shared by all
   kernels; ``triton_<family>.py``: one family's forward and backward kernels and their launchers.
-* :mod:`.cpu`: C++ CPU kernels (``cpu.cpp``, built on first use) for per-channel
-  coefficients on the innermost dim of memory; each family's launchers live with its math.
+* :mod:`.cpu`: C++ CPU kernels (``cpu.cpp``, built on first use) for the layouts inductor fuses badly
+  (per-channel coefficients on the innermost dim of memory or on long rows; every layout for Fourier and
+  Tropical-rational); each family's launchers live with its math.
 
 Triton inputs: CUDA tensors of dtype float32, bfloat16 or float16 (CPU tensors only under
 ``TRITON_INTERPRET=1``, for testing); coefficients shared ``[K]`` or per channel ``[C, K]`` along any

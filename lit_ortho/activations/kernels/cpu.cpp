@@ -38,7 +38,7 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // the hardware prefetchers do not follow: the rows PREFETCH rows ahead are prefetched (33 ms -> 25 ms).
 //
 // Even so, a walk down rows 12 KiB apart (C = 3072) reads memory at about half the rate of a sequential one, and the
-// cheap families are then bound by it. For them, at large C, tiles are B rows (ROW_PANEL): the walk goes across the
+// cheap families are then bound by it. For them, at large C (ROW_PANEL_*_C), tiles are B rows: the walk goes across the
 // B rows, nearly in memory order, and each tile reloads its few coefficients and adds its few sums through L2.
 // Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 -> 8.4 ms. Families
 // with many coefficients and sums lose (Fourier-5's backward 19 -> 30 ms, Tropical-rational-7's 19 -> 40 ms), as do
