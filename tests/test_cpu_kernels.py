@@ -66,6 +66,7 @@ LAYOUTS = {  # id: (per_channel, channel_dim, shape, the kernels' layout)
     "columns-3-D": (True, -1, (5, 3, 40), "columns"),
     "columns-few-rows": (True, -1, (3, 17), "columns"),  # fewer rows than a tile
     "columns-wide": (True, -1, (21, 2053), "columns"),  # C >= 2048: Hermite and Tropical in tiles of 8 rows
+    "columns-tiles": (True, -1, (1101, 1910), "columns"),  # two tiles a thread (the last short), a tail of 6 channels
     "shared": (False, -1, (1000, 37), "shared"),
     "shared-5": (False, -1, (5,), "shared"),  # less than one block: zero padding
     "dim-1-short-rows": (True, 1, (3, 7, 130), "short_rows"),  # walked channel by channel

@@ -15,6 +15,7 @@ Two formulations of the same function and gradients, both saving only x and the 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -208,25 +209,41 @@ def fourier_compiled(x, bias, amplitudes, phases, frequencies, channel_dim=-1):
     return _FourierCompiled.apply(x, bias, amplitudes, phases, frequencies, channel_dim)
 
 
-def _cpu_rows(bias, amplitudes, phases, frequencies) -> tuple[int, Tensor, list[Tensor]]:
-    """(K, c_k / k!, the C++ forward's rows: bias, w / pi, -phi / pi, c_k / k!)."""
+@functools.lru_cache(maxsize=None)
+def _cpu_scales(K: int) -> Tensor:
+    """What the C++ rows multiply the values by: bias 1, w 1/pi, phi -1/pi, c_k 1/k!, and -1/k! for the backward's
+    -(c_k / k!) w_k (then times w)."""
+    inv_facts = inverse_factorials(K)[1:]
+    return torch.tensor([1.0] + [1 / math.pi] * K + [-1 / math.pi] * K + inv_facts + [-f for f in inv_facts],
+                        dtype=torch.float32)
+
+
+def _cpu_rows(bias, amplitudes, phases, frequencies, backward: bool) -> Tensor:
+    """The C++ kernels' coefficients, ``[C, ROWS]`` (shared: C = 1): bias, w / pi, -phi / pi, c_k / k!, and for the
+    backward -(c_k / k!) w_k (dF/dx = -sum_k (c_k / k!) w_k sin z_k). One cat and one multiply: each torch op here
+    costs microseconds, more than its arithmetic."""
     K = amplitudes.shape[-1]
-    weight = amplitudes.float() * amplitudes.new_tensor(inverse_factorials(K)[1:], dtype=torch.float32)
-    return K, weight, [bias, *_half_turns(frequencies.float(), phases.float()), weight]
+    values = [bias, frequencies, phases, amplitudes] + ([amplitudes] if backward else [])
+    rows = torch.cat([v.detach().reshape(-1, v.shape[-1]) for v in values], dim=-1).float()
+    rows = rows * _cpu_scales(K)[: rows.shape[-1]]
+    if backward:
+        rows[:, 1 + 3 * K :] *= frequencies.detach().reshape(-1, K)
+    return rows
 
 
 def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
-    K, _, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
-    return cpu.forward("fourier", K, x, bias.dim() == 2, channel_dim, rows, SIN_COEFFS + COS_COEFFS)
+    rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=False)
+    return cpu.forward("fourier", amplitudes.shape[-1], x, bias.dim() == 2, channel_dim, [rows], SIN_COEFFS + COS_COEFFS)
 
 
 def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
-    K, weight, rows = _cpu_rows(bias, amplitudes, phases, frequencies)
-    rows.append(-weight * frequencies.float())  # dF/dx = -sum_k (c_k / k!) w_k sin z_k
-    dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, rows, 1 + 3 * K, need_x,
-                                          SIN_COEFFS + COS_COEFFS)
+    K = amplitudes.shape[-1]
+    rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=True)
+    dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, [rows], 1 + 3 * K, need_x,
+                            SIN_COEFFS + COS_COEFFS)
     # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
-    inv_facts = sums.new_tensor(inverse_factorials(K)[1:])
+    terms = slice(1 + 2 * K, 1 + 3 * K)
+    inv_facts, weight = _cpu_scales(K)[terms], rows[:, terms].reshape(sums[..., 1::3].shape)  # 1 / k!, c_k / k!
     return (dx, sums[..., :1].to(bias.dtype), (sums[..., 1::3] * inv_facts).to(amplitudes.dtype),
             (sums[..., 2::3] * weight).to(phases.dtype), (-sums[..., 3::3] * weight).to(frequencies.dtype))
 

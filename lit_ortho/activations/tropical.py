@@ -329,13 +329,15 @@ def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_interce
 
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
     K = p.shape[-1]
-    sp, order_n, tp = cpu.breakpoints(p, c)
-    sq, order_d, tq = cpu.breakpoints(q, d)
+    # Both maxes at once, numerator then denominator: each torch op here costs microseconds, more than its arithmetic.
+    sorted_slopes, order, thresholds = cpu.breakpoints(torch.stack([p, q]), torch.stack([c, d]))
+    (sp, sq), (tp, tq) = sorted_slopes.unbind(0), thresholds.unbind(0)
     dx, sums = cpu.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
                                           4 * K, need_x, [1.0])
-    g_n, gx_n, g_d, gx_d = sums.split(K, dim=-1)  # per max of lines: the cumulative sums of g, then of g x
-    return (dx, piece_sums(gx_n, order_n).to(p.dtype), piece_sums(g_n, order_n).to(c.dtype),
-            (-piece_sums(gx_d, order_d)).to(q.dtype), (-piece_sums(g_d, order_d)).to(d.dtype))
+    # per max of lines the cumulative sums of g, then of g x: [..., 4, K] against the orders of n, n, d, d
+    orders = order.repeat_interleave(2, dim=0).movedim(0, -2)
+    g_n, gx_n, g_d, gx_d = piece_sums(sums.unflatten(-1, (4, K)), orders).unbind(-2)
+    return dx, gx_n.to(p.dtype), g_n.to(c.dtype), (-gx_d).to(q.dtype), (-g_d).to(d.dtype)
 
 
 # ---- fitting to a target -------------------------------------------------------------------------

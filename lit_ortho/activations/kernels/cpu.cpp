@@ -1,8 +1,9 @@
 // lit_ortho's CPU kernels: each family's forward, and its dx with every coefficient-gradient sum in one pass.
 //
-// Two layouts (cpu.py's `layout`). Columns: a row-major [N, C] float32 array with one coefficient set per channel c
-// (x[n * C + c]); each coefficient is a row of C values in a [ROWS, C] array prepared by cpu.py. The work goes in
-// tiles of R rows by one vector of W channels: the tile's coefficients are loaded into registers once, its R rows
+// Coefficients come from cpu.py channel by channel, [C, ROWS] (shared: C = 1), and the backward's sums go back as
+// [C, SUMS]. Two layouts (cpu.py's `layout`). Columns: a row-major [N, C] float32 array with one coefficient set per
+// channel c (x[n * C + c]). The work goes in tiles of R rows by one vector of W channels: the tile's coefficients are
+// loaded into registers once, its R rows
 // are computed with them, and the backward's sums are kept in registers over the R rows before being added to the
 // thread's partial sums; inductor's CPU backend cannot fuse such column sums with dx. Rows: [O, C, I], each (o, c) a
 // contiguous row of I elements with one coefficient set (shared coefficients: O = C = 1), walked in vectors.
@@ -41,16 +42,20 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // cheap families are then bound by it. For them, at large C (ROW_PANEL_*_C), tiles are B rows: the walk goes across the
 // B rows, nearly in memory order, and each tile reloads its few coefficients and adds its few sums through L2.
 // Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 -> 8.4 ms. Families
-// with many coefficients and sums lose (Fourier-5's backward 19 -> 30 ms, Tropical-rational-7's 19 -> 40 ms), as do
-// small C (Tropical-6's backward at C = 96: 12 -> 24 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// with many coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; 4-row
+// tiles, or tall tiles 2 or 4 vectors wide, were slower still), as do small C (Tropical-6's backward at C = 96:
+// 12 -> 24 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
 constexpr long ROW_PANEL_FORWARD_C = 1024, ROW_PANEL_BACKWARD_C = 2048;
 template <class F, bool BACKWARD> static inline long tile_rows(long N, long C, int threads) {
     constexpr bool few = BACKWARD ? F::BACKWARD_ROWS + F::SUMS <= 24 : F::FORWARD_ROWS <= 8;  // Hermite, Tropical
     if (few && C >= (BACKWARD ? ROW_PANEL_BACKWARD_C : ROW_PANEL_FORWARD_C)) return B;
-    const long share = (N + threads - 1) / threads;
-    return std::max<long>(B, std::min(TILE_ELEMENTS / std::max(C, 1L), share));
+    // Every thread gets the same number of tiles, all of about the same height: with tiles of TILE_ELEMENTS, 4096 rows
+    // of 1536 made 7 tiles, 4 for one thread and 3 for the other, and the forward took 1.33x its balanced time.
+    const long share = (N + threads - 1) / threads, tallest = std::max<long>(B, TILE_ELEMENTS / std::max(C, 1L));
+    const long per_thread = (share + tallest - 1) / tallest;
+    return std::max<long>(B, (share + per_thread - 1) / per_thread);
 }
 
 static inline float load(const float *p, float) { return *p; }
@@ -273,7 +278,30 @@ static void combine_partials(const std::vector<float> &partial, int threads, lon
         for (long i = 0; i < n; ++i) sums[i] = saturated_sum(sums[i], partial[size_t(t) * n + i]);
 }
 
-// A tile: rows [0, nr) of one vector of channels (or one channel, V = float), in blocks of B rows (zero-padded).
+// n values per channel (coefficients or sums) for the columns walk, vector of channels by vector: the W channels of
+// vector v have their n values together, [C / W][n][W], and the last C % W channels theirs as [n][C % W]. A tile then
+// reads its coefficients and adds its sums in a few adjacent lines (in cpu.py's [C, n] a vector's value j is strided;
+// in [n, C] rows, n lines C floats apart: in 8-row tiles across all channels those were n more streams for the
+// prefetchers, and Tropical-rational-7's backward at 12288 x 3072 took 40 ms there against 18-21 ms this way).
+struct ChannelVectors {
+    long C, full;  // full: channels in whole vectors
+    int n;
+    ChannelVectors(long C, int n) : C(C), full(C / W * W), n(n) {}
+    long size() const { return C * n; }
+    long at(long c) const { return c < full ? c / W * n * W + c % W : full * n + (c - full); }  // channel c's value 0
+    long stride(long c) const { return c < full ? W : C - full; }                            // from value j to j + 1
+    void from_channels(const float *channels, float *out) const {  // channels: [C, n]
+        for (long c = 0; c < C; ++c)
+            for (int j = 0; j < n; ++j) out[at(c) + j * stride(c)] = channels[c * n + j];
+    }
+    void to_channels(const float *in, float *channels) const {
+        for (long c = 0; c < C; ++c)
+            for (int j = 0; j < n; ++j) channels[c * n + j] = in[at(c) + j * stride(c)];
+    }
+};
+
+// A tile: rows [0, nr) of one vector of channels (or one channel, V = float), in blocks of B rows (zero-padded). Its
+// coefficients and sums are `step` floats apart (ChannelVectors).
 template <class V> static inline int load_block(const float *p, long nr, long r0, long C, V *out) {
     const int n = int(std::min<long>(B, nr - r0));
     for (int r = 0; r < B; ++r) out[r] = r < n ? load(p + (r0 + r) * C, V{}) : V{};
@@ -281,9 +309,10 @@ template <class V> static inline int load_block(const float *p, long nr, long r0
 }
 
 template <class F, class V>
-static inline void forward_tile(const float *x, float *y, const float *rows, long nr, long C, const float *consts) {
+static inline void forward_tile(const float *x, float *y, const float *coefficients, long step, long nr, long C,
+                                const float *consts) {
     V a[F::FORWARD_ROWS];
-    for (int j = 0; j < F::FORWARD_ROWS; ++j) a[j] = load(rows + j * C, V{});
+    for (int j = 0; j < F::FORWARD_ROWS; ++j) a[j] = load(coefficients + j * step, V{});
     for (long r0 = 0; r0 < nr; r0 += B) {
         V xb[B], yb[B];
         if (r0 + PREFETCH + B <= nr)
@@ -298,10 +327,10 @@ static inline void forward_tile(const float *x, float *y, const float *rows, lon
 }
 
 template <class F, class V>
-static inline void backward_tile(const float *x, const float *g, float *dx, float *acc, const float *rows, long nr, long C,
-                                 const float *consts) {
+static inline void backward_tile(const float *x, const float *g, float *dx, float *acc, const float *coefficients, long step,
+                                 long nr, long C, const float *consts) {
     V a[F::BACKWARD_ROWS];
-    for (int j = 0; j < F::BACKWARD_ROWS; ++j) a[j] = load(rows + j * C, V{});
+    for (int j = 0; j < F::BACKWARD_ROWS; ++j) a[j] = load(coefficients + j * step, V{});
     V s[F::SUMS] = {};
     for (long r0 = 0; r0 < nr; r0 += B) {
         V xb[B], gb[B], db[B];
@@ -317,44 +346,58 @@ static inline void backward_tile(const float *x, const float *g, float *dx, floa
         if (dx)
             for (int r = 0; r < n; ++r) store(dx + (r0 + r) * C, db[r]);
     }
-    for (int j = 0; j < F::SUMS; ++j) store(acc + j * C, saturated_sum(load(acc + j * C, V{}), s[j]));
+    // The tile's sums go in clamped to finite floats: a thread's running sum can then overflow to an infinity but never
+    // become NaN from +inf + -inf, and combine_partials clamps it again (cheaper than saturated_sum at every tile).
+    for (int j = 0; j < F::SUMS; ++j) store(acc + j * step, load(acc + j * step, V{}) + clamp_finite(s[j]));
 }
 
 template <class F>
 static void forward(const float *x, float *y, const float *rows, long N, long C, const float *consts, int threads) {
     const long R = tile_rows<F, false>(N, C, threads), tiles = (N + R - 1) / R;
+    const ChannelVectors layout(C, F::FORWARD_ROWS);
+    std::vector<float> coefficients(layout.size());
+    layout.from_channels(rows, coefficients.data());
+    const float *a = coefficients.data();
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long t = 0; t < tiles; ++t) {
-        const long n0 = t * R, nr = std::min(R, N - n0);
+        const long off = t * R * C, nr = std::min(R, N - t * R);
         long c = 0;
-        for (; c + W <= C; c += W) forward_tile<F, vf>(x + n0 * C + c, y + n0 * C + c, rows + c, nr, C, consts);
-        for (; c < C; ++c) forward_tile<F, float>(x + n0 * C + c, y + n0 * C + c, rows + c, nr, C, consts);
+        for (; c + W <= C; c += W)
+            forward_tile<F, vf>(x + off + c, y + off + c, a + layout.at(c), W, nr, C, consts);
+        for (; c < C; ++c)
+            forward_tile<F, float>(x + off + c, y + off + c, a + layout.at(c), layout.stride(c), nr, C, consts);
     }
 }
 
-// sums: [SUMS, C], overwritten. dx may be null (no input gradient wanted).
+// sums: [C, SUMS], overwritten. dx may be null (no input gradient wanted).
 template <class F>
 static void backward(const float *x, const float *g, float *dx, float *sums, const float *rows, long N, long C,
                      const float *consts, int threads) {
     const long R = tile_rows<F, true>(N, C, threads), tiles = (N + R - 1) / R;
     threads = int(std::max(1L, std::min<long>(threads, tiles)));
-    std::vector<float> partial(size_t(threads) * F::SUMS * C, 0.0f);
+    const ChannelVectors layout(C, F::BACKWARD_ROWS), sum_layout(C, F::SUMS);
+    std::vector<float> coefficients(layout.size()), partial(size_t(threads) * sum_layout.size(), 0.0f);
+    layout.from_channels(rows, coefficients.data());
+    const float *a = coefficients.data();
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *acc = partial.data() + size_t(t) * F::SUMS * C;
+        float *acc = partial.data() + size_t(t) * sum_layout.size();
         for (long tile = tiles * t / nt; tile < tiles * (t + 1) / nt; ++tile) {
-            const long n0 = tile * R, nr = std::min(R, N - n0);
-            const long off = n0 * C;
+            const long off = tile * R * C, nr = std::min(R, N - tile * R);
             float *dxt = dx ? dx + off : nullptr;
             long c = 0;
             for (; c + W <= C; c += W)
-                backward_tile<F, vf>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + c, rows + c, nr, C, consts);
+                backward_tile<F, vf>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + sum_layout.at(c),
+                                     a + layout.at(c), W, nr, C, consts);
             for (; c < C; ++c)
-                backward_tile<F, float>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + c, rows + c, nr, C, consts);
+                backward_tile<F, float>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + sum_layout.at(c),
+                                        a + layout.at(c), layout.stride(c), nr, C, consts);
         }
     }
-    combine_partials(partial, threads, long(F::SUMS) * C, sums);
+    std::vector<float> total(sum_layout.size());
+    combine_partials(partial, threads, sum_layout.size(), total.data());
+    sum_layout.to_channels(total.data(), sums);
 }
 
 // ---- channels outside the innermost dim: x as [O, C, I], each (o, c) a contiguous row of I elements ---------
@@ -410,9 +453,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
     const bool by_channel = BACKWARD && C > 1 && I < SHORT_ROW;  // short rows: a channel's rows one after another
     threads = int(std::max(1L, std::min<long>(threads, work)));
     std::vector<float> partial(BACKWARD ? size_t(threads) * C * SUMS : 0, 0.0f);  // per thread, channel by channel
-    std::vector<float> coefficients(size_t(C) * ROWS);  // channel by channel: one channel's in one or two lines
-    for (long c = 0; c < C; ++c)
-        for (int j = 0; j < ROWS; ++j) coefficients[c * ROWS + j] = rows[j * C + c];
+    const float *coefficients = rows;  // [C, ROWS]: one channel's in one or two lines
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -435,7 +476,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
             }
             if (w + 1 < w1) {  // the next segment's channel: its coefficients and sums
                 const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
-                for (int j = 0; j < ROWS; j += 8) __builtin_prefetch(coefficients.data() + cn * ROWS + j);
+                for (int j = 0; j < ROWS; j += 8) __builtin_prefetch(coefficients + cn * ROWS + j);
                 if (BACKWARD)
                     for (int j = 0; j < SUMS; j += 8) __builtin_prefetch(acc + cn * SUMS + j, 1);
             }
@@ -456,7 +497,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
             for (int j = 0; j < SUMS; ++j) {
                 float total = partial[c * SUMS + j];
                 for (int t = 1; t < threads; ++t) total = saturated_sum(total, partial[(t * C + c) * SUMS + j]);
-                sums[j * C + c] = total;
+                sums[c * SUMS + j] = total;
             }
 }
 
@@ -464,15 +505,30 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
 // The lines sorted by slope (stable), their order, and the K - 1 thresholds T: sorted line k wins on (T[k-1], T[k]].
 // T[k-1] = min over lines i >= k of max over j < k of the x above which line i beats line j, computed in double
 // and rounded to float so that `x > T` in float is the exact comparison (see tropical.py). For 3072 channels of 7
-// lines the torch version takes 2.4-4.9 ms (many small float64 ops; cummax/cummin are not vectorised), this ~0.4 ms.
+// lines the torch version takes 2.4-4.9 ms (many small float64 ops; cummax/cummin are not vectorised), this 0.5 ms on
+// 2 threads for random lines (0.6 ms with std::stable_sort and std::nextafter: scalar code, ~1000 cycles a channel).
+
+// std::nextafter(l, -inf) for a finite l or +inf (all that is nudged), without the library call or a branch.
+static inline float next_down(float l) {
+    unsigned bits;
+    std::memcpy(&bits, &l, 4);
+    bits = l > 0.0f ? bits - 1 : (l == 0.0f ? 0x80000001u : bits + 1);  // 0 -> -(the smallest subnormal)
+    std::memcpy(&l, &bits, 4);
+    return l;
+}
+
 static void channel_breakpoints(const float *slopes, const float *intercepts, float *sorted_slopes, long *order,
                                 float *thresholds) {
-    int idx[K];
-    for (int k = 0; k < K; ++k) idx[k] = k;
-    std::stable_sort(idx, idx + K, [&](int a, int b) {  // NaN last, as torch.sort
+    auto before = [&](int a, int b) {  // NaN last, as torch.sort
         const float sa = slopes[a], sb = slopes[b];
         return sa != sa ? false : (sb != sb ? true : sa < sb);
-    });
+    };
+    int idx[K];
+    for (int k = 0; k < K; ++k) {  // insertion sort: stable, and for a few lines faster than std::stable_sort
+        int j = k;
+        for (; j > 0 && before(k, idx[j - 1]); --j) idx[j] = idx[j - 1];
+        idx[j] = k;
+    }
     double s[K], c[K];
     for (int k = 0; k < K; ++k) {
         order[k] = idx[k];
@@ -488,7 +544,7 @@ static void channel_breakpoints(const float *slopes, const float *intercepts, fl
             const double above = steeper ? (c[j] - c[i]) / (s[i] - s[j])
                                          : ((c[i] > c[j]) || (c[i] == c[j] && i_first) ? -inf : inf);
             float l = float(above);
-            if (double(l) > above || (i_first && steeper && double(l) == above)) l = std::nextafter(l, -__builtin_inff());
+            if (double(l) > above || (i_first && steeper && double(l) == above)) l = next_down(l);
             low[i][j] = l;
         }
     for (int k = 1; k < K; ++k) {

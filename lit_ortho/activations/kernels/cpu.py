@@ -20,7 +20,7 @@ temporary name and renamed, so concurrent processes never load a half-written li
 works, :func:`available` warns once and returns False, and the families' other paths run instead.
 
 Each family's launchers (``forward(x, *values, channel_dim)`` and ``backward(grad, x, *values, channel_dim,
-need_x, need_values)``, as the Triton ones) prepare the ``[ROWS, C]`` coefficient rows that the C++ expects
+need_x, need_values)``, as the Triton ones) prepare the ``[C, ROWS]`` coefficients that the C++ expects
 and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward` and
 :func:`breakpoints` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
 """
@@ -28,6 +28,7 @@ and turn its sums into gradients; they live with the family's math and call :fun
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -202,14 +203,21 @@ def _pointer(t: Optional[Tensor]):
 
 
 def _rows(rows: Sequence[Tensor], per_channel: bool) -> Tensor:
-    """The ``[ROWS, C]`` float32 coefficient rows from the pieces ``[C]`` or ``[C, k]`` (per channel: a piece's columns
-    become rows), or ``[]`` or ``[k]`` (shared: C = 1)."""
-    pieces = [r.detach().float() for r in rows]
-    return torch.cat([r.reshape(r.shape[0], -1).t() if per_channel else r.reshape(-1, 1) for r in pieces]).contiguous()
+    """The ``[C, ROWS]`` float32 coefficients, channel by channel, from the pieces ``[C]`` or ``[C, k]`` side by side
+    (shared: ``[]`` or ``[k]``, C = 1): one ``cat``, where rows ``[ROWS, C]`` took a transpose a piece."""
+    C = rows[0].shape[0] if per_channel else 1
+    pieces = [r.detach().reshape(C, -1) for r in rows]
+    return (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)).float().contiguous()
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
-    return torch.tensor([float(c) for c in consts] or [0.0], dtype=torch.float32)
+    return _consts_tensor(tuple(float(c) for c in consts))
+
+
+@functools.lru_cache(maxsize=64)
+def _consts_tensor(consts: tuple[float, ...]) -> Tensor:
+    """One tensor per set of constants, made once (the kernels only read it)."""
+    return torch.tensor(list(consts) or [0.0], dtype=torch.float32)
 
 
 def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
@@ -252,12 +260,12 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     sizes = _sizes(x, kind, per_channel, channel_dim)
     dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
     C = sizes[1]
-    sums = torch.empty(n_sums, C, dtype=torch.float32)
+    sums = torch.empty(C, n_sums, dtype=torch.float32)
     _call(K, f"{family}_backward", kind, sizes, _walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim),
           buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
     if need_x:
         _into(view, buffer)
-    return dx, sums.t() if per_channel else sums[:, 0]
+    return dx, sums if per_channel else sums[0]
 
 
 def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
