@@ -147,21 +147,43 @@ def test_rows_threads_parts_of_one_channel_combine_without_nan():
 @pytest.mark.parametrize("K", [2, 3, 7, 12])
 def test_breakpoints_in_cpp_equal_the_torch_ones_bitwise(K):
     """The C++ breakpoints (sorted slopes, order, thresholds) against tropical.breakpoints, bit for bit: random lines
-    rounded so that many cross at the same float, duplicated lines, equal slopes, huge intercepts; shared and per
-    channel."""
+    rounded so that many cross at the same float, duplicated lines, equal slopes, huge intercepts, NaN slopes (sorted
+    last, in order); shared and per channel, 67 channels: whole vectors of channels and a tail."""
     gen = torch.Generator().manual_seed(K)
     for trial in range(24):
-        slopes = torch.randn(64, K, generator=gen).round(decimals=trial % 3)
-        intercepts = torch.randn(64, K, generator=gen).round(decimals=trial % 2)
+        slopes = torch.randn(67, K, generator=gen).round(decimals=trial % 3)
+        intercepts = torch.randn(67, K, generator=gen).round(decimals=trial % 2)
         if trial % 4 == 0:  # a duplicated line
             slopes[:, 1], intercepts[:, 1] = slopes[:, 0], intercepts[:, 0]
         if trial % 5 == 0:  # a repeated slope with another intercept
             slopes[:, -1] = slopes[:, 0]
         if trial % 7 == 0:
             intercepts = intercepts * 1e30
-        for args in ((slopes, intercepts), (slopes[0], intercepts[0])):
+        if trial % 6 == 1:  # NaN slopes: one in a channel of the vectors, two in the tail's
+            slopes[3, K // 2] = slopes[66, 0] = slopes[66, K - 1] = float("nan")
+        for args in ((slopes, intercepts), (slopes[0], intercepts[0]), (slopes[66], intercepts[66])):
             for expected, got in zip(tropical.breakpoints(*args), cpu.breakpoints(*args)):
-                assert expected.dtype == got.dtype and torch.equal(expected, got), (trial, expected, got)
+                assert expected.dtype == got.dtype, (trial, expected.dtype, got.dtype)
+                torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{trial}: {m}")
+
+
+@pytest.mark.parametrize("K", [2, 7])
+def test_piece_sums_in_cpp_equal_the_torch_ones_bitwise(K):
+    """cpu.piece_sums (G groups at once, each with its max's order and a sign) against tropical.piece_sums group by
+    group, bit for bit, per channel and shared: sums in line order, the first and last pieces as they are."""
+    gen = torch.Generator().manual_seed(K)
+    groups = [(0, 1.0), (1, -1.0), (1, 1.0)]
+    for C in (5, None):
+        lead = (C,) if C else ()
+        cumulative = torch.randn(*lead, len(groups) * K, generator=gen) * 1e3
+        order = torch.stack([torch.argsort(torch.rand(*lead, K, generator=gen), dim=-1) for _ in range(2)])
+        got = cpu.piece_sums(cumulative, order, groups)
+        assert got.shape == (len(groups), *lead, K)
+        for g, (m, sign) in enumerate(groups):
+            expected = sign * tropical.piece_sums(cumulative[..., g * K : (g + 1) * K], order[m])
+            assert torch.equal(got[g], expected), (C, g)
+    with pytest.raises(ValueError, match="outside"):
+        cpu.piece_sums(cumulative, order, [(2, 1.0)] * 3)
 
 
 @pytest.mark.parametrize("family", ["tropical", "tropical_rational"])

@@ -319,7 +319,7 @@ def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need
     sorted_slopes, order, thresholds = cpu.breakpoints(fixed_slopes_like(c), c)
     dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
-    return dx, piece_sums(sums, order).to(intercepts.dtype)
+    return dx, cpu.piece_sums(sums, order[None], [(0, 1.0)])[0].to(intercepts.dtype)
 
 
 def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
@@ -334,10 +334,9 @@ def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values
     (sp, sq), (tp, tq) = sorted_slopes.unbind(0), thresholds.unbind(0)
     dx, sums = cpu.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
                                           4 * K, need_x, [1.0])
-    # per max of lines the cumulative sums of g, then of g x: [..., 4, K] against the orders of n, n, d, d
-    orders = order.repeat_interleave(2, dim=0).movedim(0, -2)
-    g_n, gx_n, g_d, gx_d = piece_sums(sums.unflatten(-1, (4, K)), orders).unbind(-2)
-    return dx, gx_n.to(p.dtype), g_n.to(c.dtype), (-gx_d).to(q.dtype), (-g_d).to(d.dtype)
+    # per max of lines the sums of g, then of g x, by piece: numerator's, then the denominator's (subtracted)
+    g_n, gx_n, g_d, gx_d = cpu.piece_sums(sums, order, [(0, 1.0), (0, 1.0), (1, -1.0), (1, -1.0)])
+    return dx, gx_n.to(p.dtype), g_n.to(c.dtype), gx_d.to(q.dtype), g_d.to(d.dtype)
 
 
 # ---- fitting to a target -------------------------------------------------------------------------

@@ -43,8 +43,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "breakpoints", "LAYOUTS", "DTYPES",
-           "CACHE_ENV", "SOURCE"]
+__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "breakpoints", "piece_sums", "LAYOUTS",
+           "DTYPES", "CACHE_ENV", "SOURCE"]
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 CACHE_ENV = "LIT_ORTHO_KERNEL_CACHE"
@@ -280,3 +280,26 @@ def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Ten
                             _pointer(thresholds), ctypes.c_int(torch.get_num_threads()))
     shape = slopes.shape[:-1]
     return sorted_slopes.reshape(*shape, K), order.reshape(*shape, K), thresholds.reshape(*shape, K - 1)
+
+
+def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, float]]) -> Tensor:
+    """:func:`lit_ortho.activations.tropical.piece_sums` (the same values, bit for bit) for several groups at once, in
+    C++: ``cumulative`` ``[C, G * K]`` or ``[G * K]`` (a tropical backward's sums: G groups of K), ``order`` ``[M, C, K]``
+    or ``[M, K]`` (the maxes' :func:`breakpoints` orders) and ``groups[g] = (max, sign)``: group g's sums use that max's
+    order and are multiplied by the sign. Returns ``[G, C, K]`` or ``[G, K]``, each group's sums in line order."""
+    M, K, G = order.shape[0], order.shape[-1], len(groups)
+    C = cumulative.numel() // (G * K)
+    out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
+    if any(not 0 <= m < M for m, _ in groups):
+        raise ValueError(f"piece_sums: groups {list(groups)} name a max outside the {M} of `order`")
+    maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
+    _library(K).piece_sums(_pointer(cumulative.float().contiguous()), _pointer(order.contiguous()), ctypes.c_long(C),
+                           ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _piece_groups(groups: tuple[tuple[int, float], ...]) -> tuple[Tensor, Tensor]:
+    """The groups' maxes (int32) and signs (float32) as the C++ reads them, made once."""
+    maxes, signs = zip(*groups)
+    return torch.tensor(maxes, dtype=torch.int32), torch.tensor(signs, dtype=torch.float32)
