@@ -91,6 +91,14 @@ static inline float flip_if_odd(float v, float k) {
     return v;
 }
 static inline vf flip_if_odd(vf v, vf k) { return (vf)((vu)v ^ ((vu)k << 31)); }
+// v with the sign bit `sign` (0 or 0x80000000) xor-ed in.
+static inline float flip_sign(float v, unsigned sign) {
+    unsigned a;
+    std::memcpy(&a, &v, 4);
+    a ^= sign;
+    std::memcpy(&v, &a, 4);
+    return v;
+}
 
 // ---- Hermite: F = sum_k a_k P_k, P_k = He_k / k!; rows: a_0..a_{K-1}; sums: g P_0 .. g P_{K-1} ------------
 // Clenshaw's recurrence with every b_k saturated at the largest finite float, as the compiled twin does.
@@ -128,10 +136,12 @@ struct Hermite {
     }
 };
 
-// ---- Fourier: F = a_0 + sum_k (c_k / k!) cos(pi u_k), u_k = (w_k / pi) x - phi_k / pi ------------------
-// rows: bias, w/pi [K], -phi/pi [K], c/k! [K], -(c/k!) w [K]; consts: the 5 sine and 5 cosine polynomial
-// coefficients of fourier.py's sincos_pi; sums: g, then per term g cos, g sin, g x sin. Term by term over the
-// block's rows, so that only one term's coefficients and sums are live at a time (all of them at once spill).
+// ---- Fourier: F = a_0 + sum_k (c_k / k!) cos(z_k), z_k = w_k x - phi_k -------------------------------------
+// Forward rows: bias, w/pi [K], -phi/pi [K], c/k! [K] (z in half turns); consts: fourier.py's 5 sine and 5 cosine
+// coefficients (the cosine's used). Backward rows: bias, 2w/pi [K], -2phi/pi [K], c/k! [K], -(c/k!) w [K] (z in
+// quarter turns); consts: fourier.py's QUARTER_ 4 sine and 4 cosine coefficients; sums: g, then per term g cos,
+// g sin, g x sin. Term by term over the block's rows, so that only one term's coefficients and sums are live at a
+// time (all of them at once spill).
 constexpr float ROUNDER = 12582912.0f;  // 1.5 * 2^23: u + ROUNDER - ROUNDER rounds u to an integer
 
 template <class V> static inline V horner(V t, const float *c, int n) {
@@ -139,12 +149,29 @@ template <class V> static inline V horner(V t, const float *c, int n) {
     for (int i = n - 3; i >= 0; --i) acc = acc * t + c[i];
     return acc;
 }
-template <class V> static inline void sincos_pi(V u, const float *poly, V &sin_u, V &cos_u) {
-    V k = u + ROUNDER;
-    V f = u - (k - ROUNDER);  // in [-1/2, 1/2], exact for |u| < 2^22
-    V t = f * f;
-    sin_u = flip_if_odd(f, k) * horner(t, poly, 5);
-    cos_u = flip_if_odd(horner(t, poly + 5, 5), k);
+// cos(pi u): u = j + f, f in [-1/2, 1/2] (exact for |u| < 2^22), negated for odd j.
+template <class V> static inline V cos_pi(V u, const float *poly) {
+    const V k = u + ROUNDER, f = u - (k - ROUNDER);
+    return flip_if_odd(horner(f * f, poly + 5, 5), k);
+}
+// sin and cos of (pi / 2) v: v = j + f, f in [-1/2, 1/2]; j mod 4, in the low bits of k, rotates (s, c) = the sine
+// and cosine of (pi / 2) f: an odd j swaps them, the sine is negated for j = 2, 3 (mod 4) and the cosine for j = 1, 2.
+static inline void rotate_quarters(float k, float s, float c, float &sin_v, float &cos_v) {
+    unsigned bits;
+    std::memcpy(&bits, &k, 4);
+    const unsigned odd = bits << 31, second = (bits << 30) & 0x80000000u;
+    sin_v = flip_sign(odd ? c : s, second);
+    cos_v = flip_sign(odd ? s : c, second ^ odd);
+}
+static inline void rotate_quarters(vf k, vf s, vf c, vf &sin_v, vf &cos_v) {
+    const vu odd = (vu)k << 31, second = ((vu)k << 30) & 0x80000000u;
+    const vi swap = (vi)odd < 0;
+    sin_v = (vf)((vu)(swap ? c : s) ^ second);
+    cos_v = (vf)((vu)(swap ? s : c) ^ (second ^ odd));
+}
+template <class V> static inline void sincos_quarter(V v, const float *poly, V &sin_v, V &cos_v) {
+    const V k = v + ROUNDER, f = v - (k - ROUNDER), t = f * f;
+    rotate_quarters(k, f * horner(t, poly, 4), horner(t, poly + 4, 4), sin_v, cos_v);
 }
 
 struct Fourier {
@@ -158,11 +185,7 @@ struct Fourier {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
             const V w = a[1 + k], phi = a[1 + K + k], weight = a[1 + 2 * K + k];
-            for (int r = 0; r < B; ++r) {
-                V sin_u, cos_u;
-                sincos_pi(w * x[r] + phi, poly, sin_u, cos_u);
-                y[r] = weight * cos_u + y[r];
-            }
+            for (int r = 0; r < B; ++r) y[r] = weight * cos_pi(w * x[r] + phi, poly) + y[r];
         }
     }
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *poly) {
@@ -175,7 +198,7 @@ struct Fourier {
                 V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k];
                 for (int r = 0; r < H; ++r) {
                     V sin_u, cos_u;
-                    sincos_pi(w * x[h + r] + phi, poly, sin_u, cos_u);
+                    sincos_quarter(w * x[h + r] + phi, poly, sin_u, cos_u);
                     dh[r] = slope * sin_u + dh[r];
                     s_cos = g[h + r] * cos_u + s_cos;
                     s_sin = g[h + r] * sin_u + s_sin;
