@@ -3,10 +3,10 @@
 // Coefficients come from cpu.py channel by channel, [C, ROWS] (shared: C = 1), and the backward's sums go back as
 // [C, SUMS]. Two layouts (cpu.py's `layout`). Columns: a row-major [N, C] float32 array with one coefficient set per
 // channel c (x[n * C + c]). The work goes in tiles of R rows by one vector of W channels: the tile's coefficients are
-// loaded into registers once, its R rows
-// are computed with them, and the backward's sums are kept in registers over the R rows before being added to the
-// thread's partial sums; inductor's CPU backend cannot fuse such column sums with dx. Rows: [O, C, I], each (o, c) a
-// contiguous row of I elements with one coefficient set (shared coefficients: O = C = 1), walked in vectors.
+// loaded into registers once, its R rows are computed with them, and the backward's sums are kept in registers over
+// the R rows before being added to the thread's partial sums; inductor's CPU backend cannot fuse such column sums with
+// dx. Rows: [O, C, I], each (o, c) a contiguous row of I elements with one coefficient set (shared coefficients:
+// O = C = 1), walked in vectors.
 //
 // Compiled by cpu.py with -DLIT_K=<coefficients per line or term>: every loop over K is then unrolled and its sums
 // stay in registers. GCC vector extensions give one source for AVX-512, AVX2 or SSE.
@@ -42,9 +42,9 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // cheap families are then bound by it. For them, at large C (ROW_PANEL_*_C), tiles are B rows: the walk goes across the
 // B rows, nearly in memory order, and each tile reloads its few coefficients and adds its few sums through L2.
 // Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 -> 8.4 ms. Families
-// with many coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; 4-row
-// tiles, or tall tiles 2 or 4 vectors wide, were slower still), as do small C (Tropical-6's backward at C = 96:
-// 12 -> 24 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// with many coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; tall
+// tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and Tropical), as do small C
+// (Tropical-6's backward at C = 96: 12 -> 24 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
 constexpr long ROW_PANEL_FORWARD_C = 1024, ROW_PANEL_BACKWARD_C = 2048;
@@ -154,8 +154,9 @@ template <class V> static inline V cos_pi(V u, const float *poly) {
     const V k = u + ROUNDER, f = u - (k - ROUNDER);
     return flip_if_odd(horner(f * f, poly + 5, 5), k);
 }
-// sin and cos of (pi / 2) v: v = j + f, f in [-1/2, 1/2]; j mod 4, in the low bits of k, rotates (s, c) = the sine
-// and cosine of (pi / 2) f: an odd j swaps them, the sine is negated for j = 2, 3 (mod 4) and the cosine for j = 1, 2.
+// sin and cos of (pi / 2) v: v = j + f, f in [-1/2, 1/2] (exact for |v| < 2^22); j mod 4, in the low bits of k,
+// rotates (s, c) = the sine and cosine of (pi / 2) f: an odd j swaps them, the sine is negated for j = 2, 3 (mod 4) and
+// the cosine for j = 1, 2.
 static inline void rotate_quarters(float k, float s, float c, float &sin_v, float &cos_v) {
     unsigned bits;
     std::memcpy(&bits, &k, 4);

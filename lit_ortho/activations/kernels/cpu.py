@@ -21,8 +21,8 @@ works, :func:`available` warns once and returns False, and the families' other p
 
 Each family's launchers (``forward(x, *values, channel_dim)`` and ``backward(grad, x, *values, channel_dim,
 need_x, need_values)``, as the Triton ones) prepare the ``[C, ROWS]`` coefficients that the C++ expects
-and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward` and
-:func:`breakpoints` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
+and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward`,
+:func:`breakpoints` and :func:`piece_sums` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
 """
 
 from __future__ import annotations
@@ -288,10 +288,10 @@ def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, fl
     or ``[M, K]`` (the maxes' :func:`breakpoints` orders) and ``groups[g] = (max, sign)``: group g's sums use that max's
     order and are multiplied by the sign. Returns ``[G, C, K]`` or ``[G, K]``, each group's sums in line order."""
     M, K, G = order.shape[0], order.shape[-1], len(groups)
-    C = cumulative.numel() // (G * K)
-    out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     if any(not 0 <= m < M for m, _ in groups):
         raise ValueError(f"piece_sums: groups {list(groups)} name a max outside the {M} of `order`")
+    C = cumulative.numel() // (G * K)
+    out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
     _library(K).piece_sums(_pointer(cumulative.float().contiguous()), _pointer(order.contiguous()), ctypes.c_long(C),
                            ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
