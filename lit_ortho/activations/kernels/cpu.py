@@ -22,7 +22,8 @@ works, :func:`available` warns once and returns False, and the families' other p
 Each family's launchers (``forward(x, *values, channel_dim)`` and ``backward(grad, x, *values, channel_dim,
 need_x, need_values)``, as the Triton ones) prepare the ``[C, ROWS]`` coefficients that the C++ expects
 and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward`,
-:func:`breakpoints` and :func:`piece_sums` here. Inputs are computed in float32 (bf16 and fp16 are converted) and returned in their dtype.
+:func:`breakpoints` and :func:`piece_sums` here. Inputs are computed in float32 (bf16 and fp16 are converted) and
+returned in their dtype.
 """
 
 from __future__ import annotations
