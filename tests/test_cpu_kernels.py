@@ -167,6 +167,38 @@ def test_breakpoints_in_cpp_equal_the_torch_ones_bitwise(K):
                 torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{trial}: {m}")
 
 
+@pytest.mark.parametrize("family", ["tropical", "tropical_rational"])
+@pytest.mark.parametrize("layout", ["columns-tails", "shared", "dim-1-long-rows"])
+def test_max_of_lines_keeps_torch_maximums_nans_and_infinities(family, layout):
+    """The forward takes a plain max where the block's inputs and the coefficients are finite, torch.maximum's NaN rule
+    elsewhere: inputs of NaN and +-inf in a few rows (a zero slope past the first line makes +-inf give NaN), and a
+    channel with a NaN coefficient past the first line, give the eager Function's values, NaN for NaN."""
+    per_channel, channel_dim, shape, kind = LAYOUTS[layout]
+    C = shape[channel_dim] if per_channel else None
+    module = L.build_activation({"name": family, "degree": 5, "per_channel": C, "channel_dim": channel_dim,
+                                 "init": "unit"})
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    values = _values(module)
+    x = 1.5 * torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    flat = x.view(-1)
+    flat[7], flat[500], flat[-3], flat[2 * flat.numel() // 3] = float("nan"), float("inf"), -float("inf"), float("inf")
+    cases = [values]
+    if family == "tropical_rational":  # a zero slope past the first line of the numerator: +-inf x gives 0 * inf
+        zero_slope = [v.clone() for v in values]
+        zero_slope[0][..., 3] = 0.0
+        cases.append(zero_slope)
+    nan_coefficient = [v.clone() for v in values]
+    nan_coefficient[0 if family == "tropical" else 1][..., 2] = float("nan")  # every channel's intercept of line 2
+    cases.append(nan_coefficient)
+    for case in cases:
+        got = FAMILIES[family].cpu.forward(x, *case, channel_dim)
+        expected = FAMILIES[family].eager(x, *case, channel_dim=channel_dim)
+        assert torch.isnan(expected).any()
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5, equal_nan=True)
+
+
 @pytest.mark.parametrize("K", [2, 7])
 def test_piece_sums_in_cpp_equal_the_torch_ones_bitwise(K):
     """cpu.piece_sums (G groups at once, each with its max's order and a sign) against tropical.piece_sums group by
