@@ -81,16 +81,6 @@ template <class V> static inline V clamp_finite(V t) {
 // thread's or tile's part (+inf) and the opposite one in another's (-inf) give a finite sum, not NaN (a blown-up layer's
 // gradients are then large, as within one part; NaN inputs still give NaN).
 template <class V> static inline V saturated_sum(V a, V b) { return clamp_finite(clamp_finite(a) + clamp_finite(b)); }
-// v with its sign flipped where the integer held in the low mantissa bit of k is odd: (-1)^j v.
-static inline float flip_if_odd(float v, float k) {
-    unsigned a, b;
-    std::memcpy(&a, &v, 4);
-    std::memcpy(&b, &k, 4);
-    a ^= b << 31;
-    std::memcpy(&v, &a, 4);
-    return v;
-}
-static inline vf flip_if_odd(vf v, vf k) { return (vf)((vu)v ^ ((vu)k << 31)); }
 // v with the sign bit `sign` (0 or 0x80000000) xor-ed in.
 static inline float flip_sign(float v, unsigned sign) {
     unsigned a;
@@ -99,6 +89,13 @@ static inline float flip_sign(float v, unsigned sign) {
     std::memcpy(&v, &a, 4);
     return v;
 }
+// v with its sign flipped where the integer held in the low mantissa bit of k is odd: (-1)^j v.
+static inline float flip_if_odd(float v, float k) {
+    unsigned b;
+    std::memcpy(&b, &k, 4);
+    return flip_sign(v, b << 31);
+}
+static inline vf flip_if_odd(vf v, vf k) { return (vf)((vu)v ^ ((vu)k << 31)); }
 
 // ---- Hermite: F = sum_k a_k P_k, P_k = He_k / k!; rows: a_0..a_{K-1}; sums: g P_0 .. g P_{K-1} ------------
 // Clenshaw's recurrence with every b_k saturated at the largest finite float, as the compiled twin does.
@@ -550,13 +547,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         }
         flush();
     }
-    if (BACKWARD)  // the threads' parts added
-        for (long c = 0; c < C; ++c)
-            for (int j = 0; j < SUMS; ++j) {
-                float total = partial[c * SUMS + j];
-                for (int t = 1; t < threads; ++t) total = saturated_sum(total, partial[(t * C + c) * SUMS + j]);
-                sums[c * SUMS + j] = total;
-            }
+    if (BACKWARD) combine_partials(partial, threads, C * SUMS, sums);  // [C, SUMS] per thread, as the output
 }
 
 // ---- breakpoints of a max of K lines, per channel: tropical.py's `breakpoints`, element for element ------------
