@@ -102,6 +102,38 @@ def test_kernels_match_float64_eager(family, degree, layout):
         _assert_close_scaled(got, expected, 1e-4)
 
 
+STREAMED = {  # outputs of at least the .cpp's STREAM_BYTES (16 MiB), which it writes with non-temporal stores
+    "columns-wide": (True, -1, (2048, 2048)),  # tiles of 8 rows across all channels
+    "shared": (False, -1, (4, 1 << 20)),
+    "rows-unaligned": (True, 1, (40, 5, 21000)),  # every other row starts mid-vector: plain stores there
+}
+
+
+@pytest.mark.parametrize("family,degree", [("hermite", 3), ("tropical", 5)])
+@pytest.mark.parametrize("layout", list(STREAMED))
+def test_streamed_outputs_match_float64_eager(family, degree, layout):
+    """The families that stream large outputs past the caches (Tropical both ways, Hermite's dx), at a size where they
+    do: every element of F and dx and the coefficient gradients against float64 eager, rows that start mid-vector
+    included (a non-temporal store there would fault)."""
+    per_channel, channel_dim, shape = STREAMED[layout]
+    assert torch.Size(shape).numel() * 4 >= 16 << 20
+    torch.manual_seed(0)
+    C = shape[channel_dim] if per_channel else None
+    module = L.build_activation({"name": family, "degree": degree, "per_channel": C, "channel_dim": channel_dim})
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    values = _values(module)
+    x, grad = 1.5 * torch.randn(shape), torch.randn(shape)
+    with _threads(2):
+        y, dx, value_grads = _kernels(family, x, grad, values, channel_dim)
+    y64, dx64, grads64 = _eager_float64(family, x, grad, values, channel_dim)
+    _assert_close_scaled(y, y64, 2e-6)
+    _assert_close_scaled(dx, dx64, 2e-6)
+    for got, expected in zip(value_grads, grads64, strict=True):
+        _assert_close_scaled(got, expected, 1e-4)
+
+
 @pytest.mark.parametrize("degree", [3, 8])
 @pytest.mark.parametrize("channel_dim", [-1, 0], ids=["columns", "rows"])
 def test_hermite_keeps_eagers_signed_infinities(degree, channel_dim):
