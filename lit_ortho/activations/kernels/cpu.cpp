@@ -12,6 +12,7 @@
 // stay in registers. GCC vector extensions give one source for AVX-512, AVX2 or SSE.
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
@@ -42,18 +43,20 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // the hardware prefetchers do not follow: the rows PREFETCH rows ahead are prefetched (33 ms -> 25 ms).
 //
 // Even so, a walk down rows 12 KiB apart (C = 3072) reads memory at about half the rate of a sequential one, and the
-// cheap families are then bound by it. For them, at large C (ROW_PANEL_*_C), tiles are B rows: the walk goes across the
-// B rows, nearly in memory order, and each tile reloads its few coefficients and adds its few sums through L2.
-// Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 -> 8.4 ms. Families
-// with many coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; tall
-// tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and Tropical), as do small C
-// (Tropical-6's backward at C = 96: 12 -> 24 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// cheap walks are then bound by it. From C = F::FORWARD_PANEL_C (F::BACKWARD_PANEL_C for the backward; Hermite and
+// Tropical only with at most 8 coefficients a channel forward, 12 and 8 backward), tiles are B rows: the walk goes
+// across the B rows, nearly in memory order, and each tile reloads its coefficients and adds its sums through L2.
+// Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 ->
+// 8.4 ms; Tropical-rational-7's forward (no sums) 10.2 -> 8.7 ms, 3.4 -> 2.9 ms at 6144 x 2048. Walks with many
+// coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; Fourier-5's
+// forward 8.8 -> 10.3 ms; tall tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and
+// Tropical), as do small C (Tropical-6's backward at C = 96: 12 -> 24 ms; Tropical-rational-7's forward at C = 1536:
+// 1.15 -> 1.49 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
-constexpr long ROW_PANEL_FORWARD_C = 1024, ROW_PANEL_BACKWARD_C = 2048;
+constexpr long NO_PANELS = LONG_MAX;
 template <class F, bool BACKWARD> static inline long tile_rows(long N, long C, int threads) {
-    constexpr bool few = BACKWARD ? F::BACKWARD_ROWS + F::SUMS <= 24 : F::FORWARD_ROWS <= 8;  // Hermite, Tropical
-    if (few && C >= (BACKWARD ? ROW_PANEL_BACKWARD_C : ROW_PANEL_FORWARD_C)) return B;
+    if (C >= (BACKWARD ? F::BACKWARD_PANEL_C : F::FORWARD_PANEL_C)) return B;
     // Every thread gets the same number of tiles, all of about the same height: with tiles of TILE_ELEMENTS, 4096 rows
     // of 1536 made 7 tiles, 4 for one thread and 3 for the other, and the forward took 1.33x its balanced time.
     const long share = (N + threads - 1) / threads, tallest = std::max<long>(B, TILE_ELEMENTS / std::max(C, 1L));
@@ -148,6 +151,7 @@ template <int N, class V> static inline V clenshaw(V x, const V *a) {
 struct Hermite {
     static constexpr int FORWARD_ROWS = K, BACKWARD_ROWS = K, SUMS = K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true;
+    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
         for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
     }
@@ -214,6 +218,7 @@ struct Fourier {
     static_assert(B % H == 0);
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
+    static constexpr long FORWARD_PANEL_C = NO_PANELS, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
@@ -329,6 +334,7 @@ template <int M, bool GX> struct Pieces {
 struct Tropical : Pieces<1, false> {
     static constexpr int FORWARD_ROWS = K;
     static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true;
+    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 8 ? 2048 : NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *c, const float *consts) {
         V slopes[K];
         for (int k = 0; k < K; ++k) slopes[k] = splat<V>(float(k));
@@ -342,6 +348,7 @@ struct Tropical : Pieces<1, false> {
 struct TropicalRational : Pieces<2, true> {
     static constexpr int FORWARD_ROWS = 4 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
+    static constexpr long FORWARD_PANEL_C = 2048, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
         V den[B];
         if (all_finite(x, a, 4 * K)) {
