@@ -235,9 +235,9 @@ def _cpu_rows(bias, amplitudes, phases, frequencies, backward: bool) -> Tensor:
     and one multiply: each torch op here costs microseconds, more than its arithmetic."""
     K = amplitudes.shape[-1]
     values = [bias, frequencies, phases, amplitudes] + ([amplitudes] if backward else [])
-    rows = torch.cat([v.detach().reshape(-1, v.shape[-1]) for v in values], dim=-1).float() * _cpu_scales(K, backward)
+    rows = torch.cat(values, dim=-1) * _cpu_scales(K, backward)  # [C, ROWS] or [ROWS]; float32 (the values are)
     if backward:
-        rows[:, 1 + 3 * K :] *= frequencies.detach().reshape(-1, K)
+        rows[..., 1 + 3 * K :] *= frequencies
     return rows
 
 
@@ -253,9 +253,9 @@ def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, n
                             QUARTER_SIN_COEFFS + QUARTER_COS_COEFFS)
     # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
     terms = slice(1 + 2 * K, 1 + 3 * K)
-    inv_facts, weight = _cpu_scales(K, True)[terms], rows[:, terms].reshape(sums[..., 1::3].shape)  # 1 / k!, c_k / k!
-    return (dx, sums[..., :1].to(bias.dtype), (sums[..., 1::3] * inv_facts).to(amplitudes.dtype),
-            (sums[..., 2::3] * weight).to(phases.dtype), (-sums[..., 3::3] * weight).to(frequencies.dtype))
+    inv_facts, weight = _cpu_scales(K, True)[terms], rows[..., terms]  # 1 / k!, c_k / k!
+    return (dx, cpu.cast(sums[..., :1], bias.dtype), cpu.cast(sums[..., 1::3] * inv_facts, amplitudes.dtype),
+            cpu.cast(sums[..., 2::3] * weight, phases.dtype), cpu.cast(sums[..., 3::3] * -weight, frequencies.dtype))
 
 
 def _fit_fourier(module, x, y, dy, weight) -> dict[str, Tensor]:

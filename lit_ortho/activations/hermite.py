@@ -171,7 +171,7 @@ def _cpu_forward(x: Tensor, coefficients: Tensor, channel_dim: int) -> Tensor:
 def _cpu_backward(grad: Tensor, x: Tensor, coefficients: Tensor, channel_dim: int, need_x: bool, need_values: bool):
     K, per_channel = coefficients.shape[-1], coefficients.dim() == 2
     dx, sums = cpu.backward("hermite", K, grad, x, per_channel, channel_dim, [coefficients], K, need_x)
-    return dx, sums.to(coefficients.dtype)  # sums[..., k] = sum of g P_k
+    return dx, cpu.cast(sums, coefficients.dtype)  # sums[..., k] = sum of g P_k
 
 
 def _fit_hermite(module, x, y, dy, weight) -> dict[str, Tensor]:

@@ -315,11 +315,11 @@ def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
 
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
-    c = intercepts.float()
+    c = cpu.cast(intercepts, torch.float32)
     sorted_slopes, order, thresholds = cpu.breakpoints(fixed_slopes_like(c), c)
     dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
-    return dx, cpu.piece_sums(sums, order[None], [(0, 1.0)])[0].to(intercepts.dtype)
+    return dx, cpu.cast(cpu.piece_sums(sums, order[None], [(0, 1.0)])[0], intercepts.dtype)
 
 
 def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
@@ -336,7 +336,7 @@ def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values
                                           4 * K, need_x, [1.0])
     # per max of lines the sums of g, then of g x, by piece: numerator's, then the denominator's (subtracted)
     g_n, gx_n, g_d, gx_d = cpu.piece_sums(sums, order, [(0, 1.0), (0, 1.0), (1, -1.0), (1, -1.0)])
-    return dx, gx_n.to(p.dtype), g_n.to(c.dtype), gx_d.to(q.dtype), g_d.to(d.dtype)
+    return dx, cpu.cast(gx_n, p.dtype), cpu.cast(g_n, c.dtype), cpu.cast(gx_d, q.dtype), cpu.cast(g_d, d.dtype)
 
 
 # ---- fitting to a target -------------------------------------------------------------------------

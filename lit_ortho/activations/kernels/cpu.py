@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "breakpoints", "piece_sums", "LAYOUTS",
+__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "breakpoints", "piece_sums", "cast", "LAYOUTS",
            "DTYPES", "CACHE_ENV", "SOURCE"]
 
 SOURCE = Path(__file__).with_suffix(".cpp")
@@ -184,7 +184,11 @@ def _walked_view(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
 
 
 def _walked(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
-    """:func:`_walked_view` made contiguous float32: no copy for a float32 ``t`` laid out as x."""
+    """What the kernels read for ``t``: ``t`` itself where it is float32 and laid out as x (x's memory order is the walk's,
+    as :func:`layout` checked), else :func:`_walked_view` made contiguous float32. Each torch call here is a few
+    microseconds, several times that after a kernel has swept the caches: the fast path makes none."""
+    if t.dtype == torch.float32 and (t is x or (t.shape == x.shape and t.stride() == x.stride())):
+        return t
     return _walked_view(t, x, kind, channel_dim).float().contiguous()
 
 
@@ -204,11 +208,14 @@ def _pointer(t: Optional[Tensor]):
 
 
 def _rows(rows: Sequence[Tensor], per_channel: bool) -> Tensor:
-    """The ``[C, ROWS]`` float32 coefficients, channel by channel, from the pieces ``[C]`` or ``[C, k]`` side by side
-    (shared: ``[]`` or ``[k]``, C = 1): one ``cat``, where rows ``[ROWS, C]`` took a transpose a piece."""
-    C = rows[0].shape[0] if per_channel else 1
-    pieces = [r.detach().reshape(C, -1) for r in rows]
-    return (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)).float().contiguous()
+    """The ``[C, ROWS]`` float32 coefficients, channel by channel, from the pieces ``[C, k]`` side by side (shared:
+    ``[k]``, C = 1): one ``cat``, where rows ``[ROWS, C]`` took a transpose a piece; none for one contiguous float32
+    piece. (The launchers run inside the custom ops, below autograd: nothing here is recorded.)"""
+    if len({r.dim() for r in rows}) != 1 or rows[0].dim() != (2 if per_channel else 1):  # [C] or [] pieces
+        C = rows[0].shape[0] if per_channel else 1
+        rows = [r.reshape(C, -1) for r in rows]
+    out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=-1)
+    return _float32(out)
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
@@ -229,11 +236,14 @@ def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Ten
 
 
 def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """(a tensor like ``x`` (its strides too); its view in walking order; the float32 buffer the kernels write: that
-    view itself for float32, else a separate one for :func:`_into`)."""
-    out = torch.zeros_like(x) if zeros else torch.empty_like(x)
+    """(a tensor like ``x`` (its strides too); its view in walking order; the float32 buffer the kernels write): for
+    float32 the tensor three times (its memory order is the walk's), else its view and a separate buffer for
+    :func:`_into`."""
+    out = torch.zeros_like(x) if zeros else torch.empty_like(x)  # x's strides: its memory order is the walk's
+    if x.dtype == torch.float32:
+        return out, out, out
     view = _walked_view(out, x, kind, channel_dim)
-    return out, view, view if x.dtype == torch.float32 else torch.empty(view.shape, dtype=torch.float32)
+    return out, view, torch.empty(view.shape, dtype=torch.float32)
 
 
 def _into(view: Tensor, buffer: Tensor) -> None:
@@ -260,27 +270,24 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     kind = layout(x, per_channel, channel_dim)
     sizes = _sizes(x, kind, per_channel, channel_dim)
     dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
-    C = sizes[1]
-    sums = torch.empty(C, n_sums, dtype=torch.float32)
+    sums = torch.empty(*sizes[1:2] if per_channel else (), n_sums, dtype=torch.float32)  # [C, n_sums] or [n_sums]
     _call(K, f"{family}_backward", kind, sizes, _walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim),
           buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
     if need_x:
         _into(view, buffer)
-    return dx, sums if per_channel else sums[0]
+    return dx, sums
 
 
 def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`lit_ortho.activations.tropical.breakpoints` (the same values, bit for bit) for float32 ``[K]`` or ``[C, K]``
     lines, in C++: microseconds where the torch version takes milliseconds for thousands of channels."""
-    K = slopes.shape[-1]
-    s, c = (t.detach().float().reshape(-1, K).contiguous() for t in (slopes, intercepts))
-    C = s.shape[0]
-    sorted_slopes, order = torch.empty_like(s), torch.empty(C, K, dtype=torch.int64)
-    thresholds = torch.empty(C, K - 1, dtype=torch.float32)
-    _library(K).breakpoints(_pointer(s), _pointer(c), ctypes.c_long(C), _pointer(sorted_slopes), _pointer(order),
-                            _pointer(thresholds), ctypes.c_int(torch.get_num_threads()))
-    shape = slopes.shape[:-1]
-    return sorted_slopes.reshape(*shape, K), order.reshape(*shape, K), thresholds.reshape(*shape, K - 1)
+    K, shape = slopes.shape[-1], slopes.shape[:-1]
+    s, c = (_float32(t) for t in (slopes, intercepts))
+    sorted_slopes, order = torch.empty(slopes.shape, dtype=torch.float32), torch.empty(slopes.shape, dtype=torch.int64)
+    thresholds = torch.empty(*shape, K - 1, dtype=torch.float32)
+    _library(K).breakpoints(_pointer(s), _pointer(c), ctypes.c_long(s.numel() // K), _pointer(sorted_slopes),
+                            _pointer(order), _pointer(thresholds), ctypes.c_int(torch.get_num_threads()))
+    return sorted_slopes, order, thresholds
 
 
 def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, float]]) -> Tensor:
@@ -294,9 +301,19 @@ def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, fl
     C = cumulative.numel() // (G * K)
     out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
-    _library(K).piece_sums(_pointer(cumulative.float().contiguous()), _pointer(order.contiguous()), ctypes.c_long(C),
+    _library(K).piece_sums(_pointer(_float32(cumulative)), _pointer(order.contiguous()), ctypes.c_long(C),
                            ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
     return out
+
+
+def _float32(t: Tensor) -> Tensor:
+    """``t`` as contiguous float32 memory: ``t`` itself where it is (no torch call)."""
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without a torch call where it already is (a launcher's gradients: float32 values, mostly)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 @functools.lru_cache(maxsize=16)
