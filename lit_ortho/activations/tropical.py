@@ -14,6 +14,7 @@ into one or two passes. The first maximal piece wins ties in both.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -316,10 +317,16 @@ def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     c = cpu.cast(intercepts, torch.float32)
-    sorted_slopes, order, thresholds = cpu.breakpoints(fixed_slopes_like(c), c)
+    sorted_slopes, order, thresholds = cpu.breakpoints(_cpu_fixed_slopes(tuple(c.shape)), c)
     dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
                                           K, need_x, [float(scale)])
     return dx, cpu.cast(cpu.piece_sums(sums, order[None], [(0, 1.0)])[0], intercepts.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _cpu_fixed_slopes(shape: tuple[int, ...]) -> Tensor:
+    """Tropical's slopes as contiguous float32 ``shape`` (its intercepts'), made once: read-only for the C++."""
+    return torch.tensor(fixed_slopes(shape[-1]), dtype=torch.float32).expand(shape).contiguous()
 
 
 def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_intercepts, channel_dim):
