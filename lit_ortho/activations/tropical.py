@@ -316,11 +316,9 @@ def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
 
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
-    c = cpu.cast(intercepts, torch.float32)
-    sorted_slopes, order, thresholds = cpu.breakpoints(_cpu_fixed_slopes(tuple(c.shape)), c)
-    dx, sums = cpu.backward("tropical", K, grad, x, c.dim() == 2, channel_dim, [sorted_slopes, thresholds],
-                                          K, need_x, [float(scale)])
-    return dx, cpu.cast(cpu.piece_sums(sums, order[None], [(0, 1.0)])[0], intercepts.dtype)
+    dx, sums = cpu.lines_backward("tropical", K, grad, x, intercepts.dim() == 2, channel_dim,
+                                  _cpu_fixed_slopes(tuple(intercepts.shape)), intercepts, 1, need_x, [float(scale)])
+    return dx, cpu.cast(sums[0], intercepts.dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -335,14 +333,9 @@ def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_interce
 
 
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
-    K = p.shape[-1]
-    # Both maxes at once, numerator then denominator: each torch op here costs microseconds, more than its arithmetic.
-    sorted_slopes, order, thresholds = cpu.breakpoints(torch.stack([p, q]), torch.stack([c, d]))
-    (sp, sq), (tp, tq) = sorted_slopes.unbind(0), thresholds.unbind(0)
-    dx, sums = cpu.backward("tropical_rational", K, grad, x, p.dim() == 2, channel_dim, [sp, tp, sq, tq],
-                                          4 * K, need_x, [1.0])
-    # per max of lines the sums of g, then of g x, by piece: numerator's, then the denominator's (subtracted)
-    g_n, gx_n, g_d, gx_d = cpu.piece_sums(sums, order, [(0, 1.0), (0, 1.0), (1, -1.0), (1, -1.0)])
+    # both maxes of lines at once, numerator then denominator; per max the sums of g, then of g x (the second negated)
+    dx, (g_n, gx_n, g_d, gx_d) = cpu.lines_backward("tropical_rational", p.shape[-1], grad, x, p.dim() == 2, channel_dim,
+                                                    torch.stack([p, q]), torch.stack([c, d]), 4, need_x, [1.0])
     return dx, cpu.cast(gx_n, p.dtype), cpu.cast(g_n, c.dtype), cpu.cast(gx_d, q.dtype), cpu.cast(g_d, d.dtype)
 
 

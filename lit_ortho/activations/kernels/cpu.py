@@ -44,7 +44,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "breakpoints", "piece_sums", "cast", "LAYOUTS",
+__all__ = ["available", "layout", "coefficient_count", "forward", "backward", "lines_backward", "breakpoints", "piece_sums",
+           "cast", "LAYOUTS",
            "DTYPES", "CACHE_ENV", "SOURCE"]
 
 SOURCE = Path(__file__).with_suffix(".cpp")
@@ -278,6 +279,27 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     return dx, sums
 
 
+def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, slopes: Tensor,
+                   intercepts: Tensor, groups: int, need_x: bool, consts: Sequence[float] = ()) -> tuple[Tensor, Tensor]:
+    """A tropical family's backward in one C++ call: (dx, zeros unless ``need_x``; each line's gradient sums,
+    ``[groups, C, K]`` per channel or ``[groups, K]`` shared) from the M maxes' ``slopes`` and ``intercepts``
+    (``[M, C, K]`` or ``[M, K]``): :func:`breakpoints`, the pass and :func:`piece_sums` (group (m, j): max m's sums of g
+    (j = 0) and of g x (j = 1), negated for the second max), without the torch calls between them."""
+    kind = layout(x, per_channel, channel_dim)
+    sizes = _sizes(x, kind, per_channel, channel_dim)
+    dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)
+    out = torch.empty(groups, *sizes[1:2] if per_channel else (), K, dtype=torch.float32)
+    # the tensors stay referenced here until the call returns (a converted copy freed earlier would be read freed)
+    tensors = [_walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim), buffer if need_x else None, out,
+               _float32(slopes), _float32(intercepts)]
+    getattr(_library(K), f"{family}_backward_lines")(
+        *(_pointer(t) for t in tensors), ctypes.c_int(kind == "columns"), *(ctypes.c_long(n) for n in [*sizes, 0][:3]),
+        _pointer(_consts(consts)), ctypes.c_int(torch.get_num_threads()))
+    if need_x:
+        _into(view, buffer)
+    return dx, out
+
+
 def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`lit_ortho.activations.tropical.breakpoints` (the same values, bit for bit) for float32 ``[K]`` or ``[C, K]``
     lines, in C++: microseconds where the torch version takes milliseconds for thousands of channels."""
@@ -301,7 +323,8 @@ def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, fl
     C = cumulative.numel() // (G * K)
     out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
-    _library(K).piece_sums(_pointer(_float32(cumulative)), _pointer(order.contiguous()), ctypes.c_long(C),
+    cumulative, order = _float32(cumulative), order.contiguous()  # referenced until the call returns
+    _library(K).piece_sums(_pointer(cumulative), _pointer(order), ctypes.c_long(C),
                            ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
     return out
 
