@@ -21,9 +21,11 @@ works, :func:`available` warns once and returns False, and the families' other p
 
 Each family's launchers (``forward(x, *values, channel_dim)`` and ``backward(grad, x, *values, channel_dim,
 need_x, need_values)``, as the Triton ones) prepare the ``[C, ROWS]`` coefficients that the C++ expects
-and turn its sums into gradients; they live with the family's math and call :func:`forward`, :func:`backward`,
-:func:`breakpoints` and :func:`piece_sums` here. Inputs are computed in float32 (bf16 and fp16 are converted) and
-returned in their dtype.
+and turn its sums into gradients; they live with the family's math and call :func:`forward` and :func:`backward` here
+(the tropical families :func:`lines_backward`: breakpoints, pass and each line's sums in one call). They run inside the
+custom ops, once a step each way, and every torch call in them costs microseconds (several times that after a kernel
+has swept the caches), so they make as few as they can. Inputs are computed in float32 (bf16 and fp16 are converted)
+and returned in their dtype.
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "layout", "coefficient_count", "forward", "backward", "lines_backward", "breakpoints", "piece_sums",
-           "cast", "LAYOUTS",
-           "DTYPES", "CACHE_ENV", "SOURCE"]
+           "cast", "LAYOUTS", "DTYPES", "CACHE_ENV", "SOURCE"]
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 CACHE_ENV = "LIT_ORTHO_KERNEL_CACHE"
@@ -301,8 +302,8 @@ def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bo
 
 
 def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`lit_ortho.activations.tropical.breakpoints` (the same values, bit for bit) for float32 ``[K]`` or ``[C, K]``
-    lines, in C++: microseconds where the torch version takes milliseconds for thousands of channels."""
+    """:func:`lit_ortho.activations.tropical.breakpoints` (the same values, bit for bit) for float32 ``[..., K]`` lines,
+    in C++: microseconds where the torch version takes milliseconds for thousands of channels."""
     K, shape = slopes.shape[-1], slopes.shape[:-1]
     s, c = (_float32(t) for t in (slopes, intercepts))
     sorted_slopes, order = torch.empty(slopes.shape, dtype=torch.float32), torch.empty(slopes.shape, dtype=torch.int64)
