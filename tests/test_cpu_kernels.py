@@ -4,6 +4,7 @@ custom ops, and how they are built and cached (a missing compiler, an unwritable
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -516,3 +517,16 @@ def test_build_killed_midway_leaves_no_library_behind(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(list(cache.glob("*.so"))) == 1
+
+
+ARM_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.mark.skipif(shutil.which(ARM_CXX) is None, reason=f"needs the {ARM_CXX} cross compiler")
+@pytest.mark.parametrize("K", [3, 7])
+def test_source_compiles_for_arm(K, tmp_path):
+    """The kernels' source builds for aarch64 too (Graviton, Grace): its x86 intrinsics (the streamed stores and their
+    fence) are behind guards, with plain stores elsewhere. Session 13 shipped an unguarded <immintrin.h> at first."""
+    done = subprocess.run([ARM_CXX, "-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", f"-DLIT_K={K}", str(cpu.SOURCE),
+                           "-o", str(tmp_path / "cpu.so")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -16,7 +16,9 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <omp.h>
 #include <unistd.h>
 #include <vector>
@@ -90,8 +92,16 @@ static inline void stream(float *p, vf v) {  // p aligned to a vector
     _mm512_stream_ps(p, (__m512)v);
 #elif defined(__AVX__)
     _mm256_stream_ps(p, (__m256)v);
-#else
+#elif defined(__SSE__)
     _mm_stream_ps(p, (__m128)v);
+#else
+    store(p, v);  // no non-temporal store here (Arm: the caches decide)
+#endif
+}
+// Streamed lines are in memory before the threads join (x86 orders them only with a fence).
+static inline void fence_streams() {
+#if defined(__SSE__)
+    _mm_sfence();
 #endif
 }
 template <class V> static inline void put(float *p, V v, bool streaming) {
@@ -469,7 +479,7 @@ static void forward(const float *x, float *y, const float *rows, long N, long C,
             for (; c < C; ++c)
                 forward_tile<F, float>(x + off + c, y + off + c, a + layout.at(c), layout.stride(c), nr, C, consts, false);
         }
-        _mm_sfence();  // the streamed lines are in memory before the threads join
+        fence_streams();
     }
 }
 
@@ -499,7 +509,7 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
                 backward_tile<F, float>(x + off + c, g + off + c, dxt ? dxt + c : nullptr, acc + sum_layout.at(c),
                                         a + layout.at(c), layout.stride(c), nr, C, consts, false);
         }
-        _mm_sfence();
+        fence_streams();
     }
     std::vector<float> total(sum_layout.size());
     combine_partials(partial, threads, sum_layout.size(), total.data());
@@ -599,7 +609,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                                                  streaming && reinterpret_cast<std::uintptr_t>(out + off) % sizeof(vf) == 0);
         }
         flush();
-        _mm_sfence();
+        fence_streams();
     }
     if (BACKWARD) combine_partials(partial, threads, C * SUMS, sums);  // [C, SUMS] per thread, as the output
 }
