@@ -415,9 +415,10 @@ def test_inductor_sums_per_channel_gradients_by_rows(family):
     compiled GELU at 256x160x16x16 against 1.1x by rows), and dx is computed in the same pass. A sum that reads no
     per-channel value (Hermite's sums of g P_k; a total of g that Tropical once differenced from) is looped unlike
     dx and split it off: Hermite-3 1.20x against 1.01x at 256x160x16x16, Tropical-5 1.9x against 1.25x at
-    128x56x56x96."""
+    128x56x56x96. The compiled twin (backend='eager'): "auto" runs Tropical's C++ kernels there, and the twin where
+    they cannot be built."""
     x = torch.randn(8, 8, 6, 96, requires_grad=True)
-    _, backward = _generated_cpp(_module(family, per_channel=8, channel_dim=1), x)
+    _, backward = _generated_cpp(_module(family, per_channel=8, channel_dim=1, backend="eager"), x)
     row_loops = re.findall(r"x\d<static_cast<int64_t>\(576L\)", backward)
     assert len(row_loops) == 1 and "CascadeSumHelper" not in backward, backward  # dx in the sums' pass
 

@@ -388,10 +388,10 @@ TROPICAL = register_family(Family(
     eager=tropical,
     compiled=tropical_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical",
-    # the C++ kernels per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x GELU compiled, the twin
-    # 1.29x); the twin on shared values and short rows, where it is faster (0.60-0.85x and 0.72x against 0.99-1.16x
-    # and 1.39x); benchmarks/RESULTS.md
-    cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward, layouts=("columns", "rows")),
+    # the C++ kernels on every layout they take: per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x
+    # GELU compiled, the twin 1.29x); on shared values and short rows since their outputs are streamed (0.57-0.92x
+    # against the twin's 0.72-1.03x; before, the twin was the faster there); benchmarks/RESULTS.md
+    cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_tropical,
 ))
 TROPICAL_RATIONAL = register_family(Family(
