@@ -244,15 +244,22 @@ def compile_spy(monkeypatch):
 
 
 @pytest.mark.skipif(not _have_cxx(), reason="inductor's CPU backend needs a C++ compiler")
+def _not_dense(t):
+    """``t``'s values in a view with gaps between them: a layout the C++ kernels do not take (cpu.layout is None)."""
+    return torch.stack([t, t], dim=-1)[..., 0]
+
+
 def test_auto_compiles_large_cpu_inputs_once_and_matches_eager(compile_spy, monkeypatch):
-    """From LIT_ORTHO_LAZY_COMPILE elements on, "auto" runs the family's compiled twin on CPU, compiled on first
-    use and reused; its values and gradients (input and coefficients) equal eager's. Smaller inputs, float64,
+    """From LIT_ORTHO_LAZY_COMPILE elements on, "auto" runs the family's compiled twin on CPU where its C++ kernels do
+    not take the input (every family's take every dense layout: here a strided view), compiled on first use and
+    reused; its values and gradients (input and coefficients) equal eager's. Smaller inputs, float64,
     backend="eager" and LIT_ORTHO_LAZY_COMPILE=off stay eager."""
     monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "300")
-    x, grad = torch.randn(6, 50), torch.randn(6, 50)
+    x, grad = _not_dense(torch.randn(6, 50)), torch.randn(6, 50)
+    assert kernels.cpu.layout(x, False, -1) is None
     auto, eager = _module("hermite"), _module("hermite", backend="eager")
     _assert_same(_fwd_bwd(auto, x, grad), _fwd_bwd(eager, x, grad), rtol=1e-5, atol=1e-5)
-    _fwd_bwd(auto, x * 2, grad)
+    _fwd_bwd(auto, _not_dense(x * 2), grad)
     assert compile_spy == {"compiled": 1, "calls": 2, "fail": False}
     _fwd_bwd(auto, x[:, :49], grad[:, :49])  # 294 elements
     _fwd_bwd(eager, x, grad)
@@ -272,8 +279,8 @@ def test_auto_falls_back_to_eager_once_when_compiling_fails(compile_spy, monkeyp
     and no second attempt."""
     monkeypatch.setenv(backends.LAZY_COMPILE_ENV, "0")
     compile_spy["fail"] = True
-    x, grad = torch.randn(6, 50), torch.randn(6, 50)
-    auto, eager = _module("hermite"), _module("hermite", backend="eager")  # Hermite: no C++ kernels for shared values
+    x, grad = _not_dense(torch.randn(6, 50)), torch.randn(6, 50)  # not for the C++ kernels: the compiled twin's
+    auto, eager = _module("hermite"), _module("hermite", backend="eager")
     with pytest.warns(UserWarning, match=r"hermite: compiling the CPU kernel failed \(RuntimeError: InvalidCxxCompiler: "
                                          r"no working C\+\+ compiler found\); running eager.*LIT_ORTHO_LAZY_COMPILE=off"):
         first = _fwd_bwd(auto, x, grad)

@@ -12,10 +12,9 @@
   (smaller CPU inputs, float64, no triton). Set ``LIT_ORTHO_LAZY_COMPILE`` to ``off`` to keep CPU calls
   eager, or to a number of elements to move the threshold (``0``: always). If compiling fails (no C++
   compiler, say) the family warns once and stays eager. Where a family's C++ kernels are faster than its compiled
-  twin, CPU inputs run them instead (:func:`use_cpu_kernels`), in eager code and under ``torch.compile``: every
-  family with per-channel values on the innermost dim of memory (inductor cannot fuse the coefficient sums of
-  that layout with dx) or on rows of 4096 elements or more, Fourier and both tropical families on every contiguous
-  or channels_last input.
+  twin, CPU inputs run them instead (:func:`use_cpu_kernels`), in eager code and under ``torch.compile``: for the
+  built-in families every contiguous or channels_last input (per-channel values on the innermost dim of memory
+  included, whose coefficient sums inductor cannot fuse with dx); the compiled twin then runs on other layouts.
 """
 
 from __future__ import annotations
@@ -92,8 +91,8 @@ def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
 
 def use_cpu_kernels(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
     """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: in a layout its record lists (``Family.cpu.layouts``:
-    per-channel values on the innermost dim of memory and long rows for every family, any contiguous or channels_last
-    input for Fourier and the tropical families; :mod:`~lit_ortho.activations.kernels.cpu`), under ``torch.compile`` or from
+    every contiguous or channels_last input for the built-in families; :mod:`~lit_ortho.activations.kernels.cpu`), under
+    ``torch.compile`` or from
     :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
     per_channel = any(v.dim() == 2 for v in values)
     if backend != "auto" or family.cpu is None or cpu.layout(x, per_channel, channel_dim) not in family.cpu.layouts:

@@ -192,9 +192,11 @@ HERMITE = register_family(Family(
     learnable=("coefficients",),
     eager=hermite,
     triton="lit_ortho.activations.kernels.triton_hermite",
-    # the C++ kernels per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x GELU compiled, the twin
-    # 1.42x); the twin on shared values (as fast) and short rows (NCHW dim 1: 1.00x against 1.27x); benchmarks/RESULTS.md
-    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=("columns", "rows")),
+    # the C++ kernels on every layout they take: per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x
+    # GELU compiled, the twin 1.42x); on shared values and short rows since dx is streamed and the launchers make few
+    # torch calls (Hermite-3 0.66-0.86x against the twin's 0.98-1.07x; Hermite-8 2.3-2.7x against 3.7-4.3x);
+    # benchmarks/RESULTS.md
+    cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_hermite,
 ))
 
