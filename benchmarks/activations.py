@@ -278,12 +278,15 @@ def cpu_table(args, shape) -> None:
         print(row, flush=True)
     if plain_eager:
         threshold = backends.lazy_compile_threshold()
-        print(f"ours: backend='auto' (lit_ortho's default), which runs a lazily compiled CPU kernel from "
-              f"{threshold:,} elements ({backends.LAZY_COMPILE_ENV}; {'compiled' if threshold is not None and numel >= threshold else 'eager'} "
-              f"here), or the family's C++ kernels where they are faster ({', '.join(_shared_cpu_families())} here; built once "
-              f"per machine and degree into {cpu.CACHE_ENV} or ~/.cache/lit_ortho/kernels); first call: "
-              f"seconds of the first forward+backward (compiling or building, where it does; 0 if the kernels were "
-              f"built before); backend=eager: PyTorch ops only", flush=True)
+        with_kernels = _shared_cpu_families()
+        others = sorted({name for name, _ in CASES} - set(with_kernels))
+        lazy = "compiled" if threshold is not None and numel >= threshold else "eager"
+        print(f"ours: backend='auto' (lit_ortho's default), which runs the family's C++ kernels where it has them "
+              f"({', '.join(with_kernels)} here; built once per machine and degree into {cpu.CACHE_ENV} or "
+              f"~/.cache/lit_ortho/kernels), else a lazily compiled CPU kernel from {threshold:,} elements "
+              f"({backends.LAZY_COMPILE_ENV}; {', '.join(others) + ': ' + lazy if others else 'no family'} here); "
+              f"first call: seconds of the first forward+backward (compiling or building, where it does; 0 if the "
+              f"kernels were built before); backend=eager: PyTorch ops only", flush=True)
 
 
 def first_call_seconds(module: nn.Module, x: torch.Tensor) -> float:
