@@ -20,7 +20,6 @@
 #include <immintrin.h>
 #endif
 #include <omp.h>
-#include <unistd.h>
 #include <vector>
 
 #ifndef LIT_K
@@ -297,7 +296,8 @@ template <bool PLAIN, class V> static inline void max_of_lines(const V *x, V *be
 // H loop, or with dx accumulated in d[] (measured with benchmarks/activations.py --layouts: check it after any change).
 template <int M, bool GX> struct Pieces {
     static constexpr int H = B;
-    static constexpr int BACKWARD_ROWS = M * (2 * K - 1), SUMS = M * K * (GX ? 2 : 1);
+    static constexpr int MAXES = M, GROUPS = M * (GX ? 2 : 1);  // groups of K sums: per max g, then g x if GX
+    static constexpr int BACKWARD_ROWS = M * (2 * K - 1), SUMS = GROUPS * K;
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *consts) {
         const V zero = V{};
         for (int h = 0; h < B; h += H) {  // H rows at a time: x, g, g x, the slope and dx of each are live throughout
@@ -731,17 +731,15 @@ extern "C" void piece_sums(const float *cumulative, const long *order, long C, i
 }
 
 // ---- the tropical families' backward in one call ------------------------------------------------------------
-// Breakpoints of the M maxes of lines of every channel (slopes and intercepts [M, C, K]), the rows the pass reads
-// (per max its K sorted slopes and K - 1 thresholds), the pass, and each line's sums in the lines' own order: group
-// (m, j) of F::SUMS, j = 0 for g and 1 for g x, from max m's order and negated for the second max; out [G, C, K].
-// From Python these were three calls and a dozen torch ops, ~0.3 ms a step after a kernel had swept the caches.
-template <class F, int M, bool GX>
-static void lines_backward(const float *x, const float *g, float *dx, float *out, const float *slopes,
-                           const float *intercepts, bool columns, long n0, long n1, long n2, const float *consts,
-                           int threads) {
-    constexpr int G = M * (GX ? 2 : 1), LINE_ROWS = 2 * K - 1;
-    static_assert(F::BACKWARD_ROWS == M * LINE_ROWS && F::SUMS == G * K);
-    const long C = n1, lines = M * C;  // columns: [N, C]; rows: [O, C, I] (shared: C = 1)
+// Breakpoints of the F::MAXES maxes of lines of every channel (slopes and intercepts [M, C, K]), the rows the pass
+// reads (per max its K sorted slopes and K - 1 thresholds), the pass (`pass(rows, sums)`: the columns' or the rows'
+// backward), and each line's sums in the lines' own order: group (m, j) of F::SUMS, j = 0 for g and 1 for g x, from
+// max m's order and negated for the second max; out [F::GROUPS, C, K]. From Python these were three calls and a dozen
+// torch ops, ~0.3 ms a step after a kernel had swept the caches.
+template <class F, class Pass>
+static void lines_backward(const float *slopes, const float *intercepts, long C, float *out, int threads, Pass pass) {
+    constexpr int M = F::MAXES, G = F::GROUPS, LINE_ROWS = 2 * K - 1;
+    const long lines = M * C;
     std::vector<float> sorted(lines * K), thresholds(lines * (K - 1)), rows(C * F::BACKWARD_ROWS), sums(C * F::SUMS);
     std::vector<long> order(lines * K);
     breakpoints(slopes, intercepts, lines, sorted.data(), order.data(), thresholds.data(), threads);
@@ -751,8 +749,7 @@ static void lines_backward(const float *x, const float *g, float *dx, float *out
             std::memcpy(row, sorted.data() + (m * C + c) * K, K * sizeof(float));
             std::memcpy(row + K, thresholds.data() + (m * C + c) * (K - 1), (K - 1) * sizeof(float));
         }
-    if (columns) backward<F>(x, g, dx, sums.data(), rows.data(), n0, n1, consts, threads);
-    else rows_pass<F, true>(x, g, dx, sums.data(), rows.data(), n0, n1, n2, consts, threads);
+    pass(rows.data(), sums.data());
     int maxes[G];
     float signs[G];
     for (int group = 0; group < G; ++group) maxes[group] = group / (G / M), signs[group] = maxes[group] ? -1.0f : 1.0f;
@@ -782,12 +779,23 @@ LIT_EXPORT(fourier, Fourier)
 LIT_EXPORT(tropical, Tropical)
 LIT_EXPORT(tropical_rational, TropicalRational)
 
-#define LIT_EXPORT_LINES(name, F, M, GX)                                                                           \
+// The tropical families' backward_lines and backward_lines_rows: backward and backward_rows with each line's slope and
+// intercept in place of the rows, and each line's gradient sums in place of the pass's.
+#define LIT_EXPORT_LINES(name, F)                                                                                  \
     extern "C" void name##_backward_lines(const float *x, const float *g, float *dx, float *out, const float *slopes, \
-                                          const float *intercepts, int columns, long n0, long n1, long n2,         \
-                                          const float *consts, int threads) {                                      \
-        lines_backward<F, M, GX>(x, g, dx, out, slopes, intercepts, columns, n0, n1, n2, consts, threads);        \
+                                          const float *intercepts, long N, long C, const float *consts,            \
+                                          int threads) {                                                           \
+        lines_backward<F>(slopes, intercepts, C, out, threads, [&](const float *rows, float *sums) {              \
+            backward<F>(x, g, dx, sums, rows, N, C, consts, threads);                                              \
+        });                                                                                                        \
+    }                                                                                                              \
+    extern "C" void name##_backward_lines_rows(const float *x, const float *g, float *dx, float *out,              \
+                                               const float *slopes, const float *intercepts, long O, long C, long I, \
+                                               const float *consts, int threads) {                                 \
+        lines_backward<F>(slopes, intercepts, C, out, threads, [&](const float *rows, float *sums) {              \
+            rows_pass<F, true>(x, g, dx, sums, rows, O, C, I, consts, threads);                                    \
+        });                                                                                                        \
     }
 
-LIT_EXPORT_LINES(tropical, Tropical, 1, false)
-LIT_EXPORT_LINES(tropical_rational, TropicalRational, 2, true)
+LIT_EXPORT_LINES(tropical, Tropical)
+LIT_EXPORT_LINES(tropical_rational, TropicalRational)

@@ -209,15 +209,11 @@ def _pointer(t: Optional[Tensor]):
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 
-def _rows(rows: Sequence[Tensor], per_channel: bool) -> Tensor:
+def _rows(rows: Sequence[Tensor]) -> Tensor:
     """The ``[C, ROWS]`` float32 coefficients, channel by channel, from the pieces ``[C, k]`` side by side (shared:
     ``[k]``, C = 1): one ``cat``, where rows ``[ROWS, C]`` took a transpose a piece; none for one contiguous float32
     piece. (The launchers run inside the custom ops, below autograd: nothing here is recorded.)"""
-    if len({r.dim() for r in rows}) != 1 or rows[0].dim() != (2 if per_channel else 1):  # [C] or [] pieces
-        C = rows[0].shape[0] if per_channel else 1
-        rows = [r.reshape(C, -1) for r in rows]
-    out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=-1)
-    return _float32(out)
+    return _float32(rows[0] if len(rows) == 1 else torch.cat(rows, dim=-1))
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
@@ -260,7 +256,7 @@ def forward(family: str, K: int, x: Tensor, per_channel: bool, channel_dim: int,
     kind = layout(x, per_channel, channel_dim)
     out, view, buffer = _output(x, kind, channel_dim)
     _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim), buffer,
-          _rows(rows, per_channel), _consts(consts))
+          _rows(rows), _consts(consts))
     _into(view, buffer)
     return out
 
@@ -269,14 +265,8 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
              n_sums: int, need_x: bool, consts: Sequence[float] = ()) -> tuple[Tensor, Tensor]:
     """(dx, zeros unless ``need_x``; the float32 sums, ``[C, n_sums]`` per channel or ``[n_sums]`` shared) by the
     family's C++ backward: one pass over x and grad."""
-    kind = layout(x, per_channel, channel_dim)
-    sizes = _sizes(x, kind, per_channel, channel_dim)
-    dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
-    sums = torch.empty(*sizes[1:2] if per_channel else (), n_sums, dtype=torch.float32)  # [C, n_sums] or [n_sums]
-    _call(K, f"{family}_backward", kind, sizes, _walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim),
-          buffer if need_x else None, sums, _rows(rows, per_channel), _consts(consts))
-    if need_x:
-        _into(view, buffer)
+    sums = torch.empty(*_channels(x, per_channel, channel_dim), n_sums, dtype=torch.float32)
+    dx = _backward_pass(f"{family}_backward", K, grad, x, per_channel, channel_dim, need_x, consts, sums, _rows(rows))
     return dx, sums
 
 
@@ -286,19 +276,28 @@ def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bo
     ``[groups, C, K]`` per channel or ``[groups, K]`` shared) from the M maxes' ``slopes`` and ``intercepts``
     (``[M, C, K]`` or ``[M, K]``): :func:`breakpoints`, the pass and :func:`piece_sums` (group (m, j): max m's sums of g
     (j = 0) and of g x (j = 1), negated for the second max), without the torch calls between them."""
+    out = torch.empty(groups, *_channels(x, per_channel, channel_dim), K, dtype=torch.float32)
+    dx = _backward_pass(f"{family}_backward_lines", K, grad, x, per_channel, channel_dim, need_x, consts, out,
+                        _float32(slopes), _float32(intercepts))
+    return dx, out
+
+
+def _channels(x: Tensor, per_channel: bool, channel_dim: int) -> tuple[int, ...]:
+    """The leading dims of per-channel sums: ``(C,)``, or ``()`` for shared values."""
+    return (x.shape[channel_dim],) if per_channel else ()
+
+
+def _backward_pass(name: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, need_x: bool,
+                   consts: Sequence[float], *tensors: Tensor) -> Tensor:
+    """dx (zeros unless ``need_x``) by the C++ backward ``name``, which reads x and grad in walking order and also takes
+    ``tensors`` (its sums' output, then its coefficients): the C++ writes the sums."""
     kind = layout(x, per_channel, channel_dim)
-    sizes = _sizes(x, kind, per_channel, channel_dim)
-    dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)
-    out = torch.empty(groups, *sizes[1:2] if per_channel else (), K, dtype=torch.float32)
-    # the tensors stay referenced here until the call returns (a converted copy freed earlier would be read freed)
-    tensors = [_walked(x, x, kind, channel_dim), _walked(grad, x, kind, channel_dim), buffer if need_x else None, out,
-               _float32(slopes), _float32(intercepts)]
-    getattr(_library(K), f"{family}_backward_lines")(
-        *(_pointer(t) for t in tensors), ctypes.c_int(kind == "columns"), *(ctypes.c_long(n) for n in [*sizes, 0][:3]),
-        _pointer(_consts(consts)), ctypes.c_int(torch.get_num_threads()))
+    dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
+    _call(K, name, kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim),
+          _walked(grad, x, kind, channel_dim), buffer if need_x else None, *tensors, _consts(consts))
     if need_x:
         _into(view, buffer)
-    return dx, out
+    return dx
 
 
 def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
