@@ -161,7 +161,7 @@ struct Hermite {
     static constexpr int FORWARD_ROWS = K, BACKWARD_ROWS = K, SUMS = K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
-    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool) {
         for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
     }
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *) {
@@ -228,7 +228,7 @@ struct Fourier {
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
     static constexpr long FORWARD_PANEL_C = NO_PANELS, BACKWARD_PANEL_C = NO_PANELS;
-    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly) {
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly, bool) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
             const V w = a[1 + k], phi = a[1 + K + k], weight = a[1 + 2 * K + k];
@@ -261,8 +261,10 @@ struct Fourier {
 // ---- max of lines: max_k (s_k x + c_k), line by line over the block's rows -------------------------------
 // Where the block's x and the coefficients are all finite, no line is NaN and a plain max (one vmaxps a line, against
 // nan_max's compares, mask or and select) gives torch.maximum's result, signed zeros included; otherwise the block
-// takes nan_max. Tropical-rational-7's forward at 6.3 M elements: 1.39 -> 1.05 ms. (The coefficients' check does not
-// depend on the rows: the compiler hoists it out of a tile's loop.)
+// takes nan_max. Tropical-rational-7's forward at 6.3 M elements: 1.39 -> 1.05 ms. The coefficients are checked once
+// a tile or channel (`rows_finite`, passed to every family's forward_block), not a block: GCC did not hoist the check
+// of 28 coefficient vectors out of the columns' tile loop, and it cost Tropical-rational-7's forward at 4096 x 1536 per
+// channel a third of its time.
 template <class V> static inline V plain_max(V a, V b) { return b > a ? b : a; }
 template <class V> static inline auto finite(V v) { return (v - v) == V{}; }  // false for NaN and +-inf
 static inline bool any_lane(bool m) { return m; }
@@ -271,10 +273,9 @@ static inline bool any_lane(vi m) {
     for (int l = 0; l < W; ++l) any |= m[l];
     return any != 0;
 }
-template <class V> static inline bool all_finite(const V *x, const V *a, int n) {
-    auto ok = finite(a[0]);  // the coefficients first: the same for every block of a tile, so computed once
-    for (int j = 1; j < n; ++j) ok = ok & finite(a[j]);
-    for (int r = 0; r < B; ++r) ok = ok & finite(x[r]);
+template <class V> static inline bool all_finite(const V *v, int n) {
+    auto ok = finite(v[0]);
+    for (int j = 1; j < n; ++j) ok = ok & finite(v[j]);
     return !any_lane(invert(ok));
 }
 template <bool PLAIN, class V> static inline void max_of_lines(const V *x, V *best, const V *slopes, const V *intercepts) {
@@ -345,10 +346,11 @@ struct Tropical : Pieces<1, false> {
     static constexpr int FORWARD_ROWS = K;
     static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 8 ? 2048 : NO_PANELS;
-    template <class V> static inline void forward_block(const V *x, V *y, const V *c, const float *consts) {
+    template <class V>
+    static inline void forward_block(const V *x, V *y, const V *c, const float *consts, bool rows_finite) {
         V slopes[K];
         for (int k = 0; k < K; ++k) slopes[k] = splat<V>(float(k));
-        if (all_finite(x, c, K)) max_of_lines<true>(x, y, slopes, c);
+        if (rows_finite && all_finite(x, B)) max_of_lines<true>(x, y, slopes, c);
         else max_of_lines<false>(x, y, slopes, c);
         for (int r = 0; r < B; ++r) y[r] = y[r] * consts[0];
     }
@@ -359,9 +361,9 @@ struct TropicalRational : Pieces<2, true> {
     static constexpr int FORWARD_ROWS = 4 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
     static constexpr long FORWARD_PANEL_C = 2048, BACKWARD_PANEL_C = NO_PANELS;
-    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *) {
+    template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool rows_finite) {
         V den[B];
-        if (all_finite(x, a, 4 * K)) {
+        if (rows_finite && all_finite(x, B)) {
             max_of_lines<true>(x, y, a, a + K);
             max_of_lines<true>(x, den, a + 2 * K, a + 3 * K);
         } else {
@@ -422,6 +424,7 @@ static inline void forward_tile(const float *x, float *y, const float *coefficie
                                 const float *consts, bool streaming) {
     V a[F::FORWARD_ROWS];
     for (int j = 0; j < F::FORWARD_ROWS; ++j) a[j] = load(coefficients + j * step, V{});
+    const bool rows_finite = all_finite(a, F::FORWARD_ROWS);
     for (long r0 = 0; r0 < nr; r0 += B) {
         V xb[B], yb[B];
         if (r0 + PREFETCH + B <= nr)
@@ -430,7 +433,7 @@ static inline void forward_tile(const float *x, float *y, const float *coefficie
                 __builtin_prefetch(y + (r0 + PREFETCH + r) * C, 1);
             }
         const int n = load_block(x, nr, r0, C, xb);
-        F::forward_block(xb, yb, a, consts);
+        F::forward_block(xb, yb, a, consts, rows_finite);
         for (int r = 0; r < n; ++r) put(y + (r0 + r) * C, yb[r], streaming);
     }
 }
@@ -534,7 +537,7 @@ constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096, AHEAD = 2;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
 static inline void row_segment(const float *x, const float *g, float *out, long len, const vf *a, vf *s,
-                               const float *consts, bool streaming) {
+                               const float *consts, bool rows_finite, bool streaming) {
     for (long i = 0; i < len; i += B * W) {
         vf xb[B], gb[B], ob[B];
         const long n = std::min<long>(B * W, len - i);
@@ -549,7 +552,7 @@ static inline void row_segment(const float *x, const float *g, float *out, long 
             for (int r = 0; r < B; ++r) xb[r] = load(xp + r * W, vf{}), gb[r] = load(gp + r * W, vf{});
         }
         if constexpr (BACKWARD) F::backward_block(xb, gb, ob, a, s, consts);
-        else F::forward_block(xb, ob, a, consts);
+        else F::forward_block(xb, ob, a, consts, rows_finite);
         if (!out) continue;
         if (n == B * W) {
             for (int r = 0; r < B; ++r) put(out + i + r * W, ob[r], streaming);
@@ -576,6 +579,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *acc = BACKWARD ? partial.data() + size_t(t) * C * SUMS : nullptr;
         vf a[ROWS] = {}, s[SUMS] = {};
+        bool rows_finite = true;
         long channel = -1;
         auto flush = [&]() {
             if (BACKWARD && channel >= 0)
@@ -590,6 +594,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                 channel = c;
                 for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(coefficients[c * ROWS + j]);
                 for (int j = 0; j < SUMS; ++j) s[j] = vf{};
+                rows_finite = all_finite(a, ROWS);
             }
             if (w + 1 < w1) {  // the next segment's channel: its coefficients and sums
                 const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
@@ -605,7 +610,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                     if (out && !streaming) __builtin_prefetch(out + off + AHEAD * C * I + i, 1);
                 }
             row_segment<F, BACKWARD, ROWS, SUMS>(x + off, BACKWARD ? g + off : nullptr, out ? out + off : nullptr,
-                                                 std::min(SEGMENT, I - start), a, s, consts,
+                                                 std::min(SEGMENT, I - start), a, s, consts, rows_finite,
                                                  streaming && reinterpret_cast<std::uintptr_t>(out + off) % sizeof(vf) == 0);
         }
         flush();
