@@ -114,6 +114,20 @@ static inline vf select(vi c, vf a, vf b) { return c ? a : b; }
 
 static inline bool invert(bool m) { return !m; }
 static inline vi invert(vi m) { return ~m; }
+// a > b as a mask: with AVX-512 a mask register (__mmask16), made once and used by every select and add_where that
+// reads it. As a vector of -1/0, GCC compared again for each use: the tropical backwards made two compares a threshold
+// and row. Tropical-rational-7's backward at 4096 x 1536 per channel 2.95 -> 2.72 ms, at 12288 x 3072 18.9 -> 17.4 ms,
+// shared at 6.3 M elements 1.77 -> 1.44 ms; Tropical-6's at 12288 x 3072 14.1 -> 13.1 ms (same sums, bit for bit).
+static inline bool greater(float a, float b) { return a > b; }
+#if defined(__AVX512F__)
+typedef __mmask16 vmask;
+static inline vmask greater(vf a, vf b) { return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ); }
+static inline vmask invert(vmask m) { return vmask(~m); }
+static inline vf select(vmask m, vf a, vf b) { return (vf)_mm512_mask_mov_ps((__m512)b, m, (__m512)a); }
+static inline vf add_where(vf sum, vmask m, vf v) { return (vf)_mm512_mask_add_ps((__m512)sum, m, (__m512)sum, (__m512)v); }
+#else
+static inline vi greater(vf a, vf b) { return a > b; }
+#endif
 // sum + (mask ? v : 0) as one masked add.
 template <class V, class M> static inline V add_where(V sum, M mask, V v) { return select(mask, sum + v, sum); }
 // max(a, b) that returns NaN when either is NaN, as torch.maximum does.
@@ -317,7 +331,7 @@ template <int M, bool GX> struct Pieces {
                     V first = zero, first_x = zero, above_g = zero, above_gx = zero;
 #pragma GCC unroll 16
                     for (int r = 0; r < H; ++r) {
-                        const auto above = x[h + r] > t;
+                        const auto above = greater(x[h + r], t);
                         slope[r] = select(above, next, slope[r]);
                         above_g = add_where(above_g, above, gs[r]);
                         if (GX) above_gx = add_where(above_gx, above, gx[r]);
