@@ -66,7 +66,7 @@ LAYOUTS = {  # id: (per_channel, channel_dim, shape, the kernels' layout)
     "columns-tails": (True, -1, (203, 37), "columns"),  # rows that do not fill a block of 8, a scalar channel tail
     "columns-3-D": (True, -1, (5, 3, 40), "columns"),
     "columns-few-rows": (True, -1, (3, 17), "columns"),  # fewer rows than a tile
-    "columns-wide": (True, -1, (21, 2053), "columns"),  # C >= 2048: Hermite and Tropical in tiles of 8 rows
+    "columns-wide": (True, -1, (21, 2053), "columns"),  # C >= 2048: all forwards, and backwards of few sums, in 8-row tiles
     "columns-tiles": (True, -1, (1101, 1910), "columns"),  # two tiles a thread (the last short), a tail of 6 channels
     "shared": (False, -1, (1000, 37), "shared"),
     "shared-5": (False, -1, (5,), "shared"),  # less than one block: zero padding

@@ -48,11 +48,12 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // Tropical only with at most 8 coefficients a channel forward, 12 and 8 backward), tiles are B rows: the walk goes
 // across the B rows, nearly in memory order, and each tile reloads its coefficients and adds its sums through L2.
 // Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 ->
-// 8.4 ms; Tropical-rational-7's forward (no sums) 10.2 -> 8.7 ms, 3.4 -> 2.9 ms at 6144 x 2048. Walks with many
-// coefficients and sums lose (Fourier-5's backward 19 -> 27-29 ms, Tropical-rational-7's 17 -> 18-21 ms; Fourier-5's
-// forward 8.8 -> 10.3 ms; tall tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and
-// Tropical), as do small C (Tropical-6's backward at C = 96: 12 -> 24 ms; Tropical-rational-7's forward at C = 1536:
-// 1.15 -> 1.49 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// 8.4 ms; Tropical-rational-7's forward (no sums) 10.2 -> 8.7 ms, 3.4 -> 2.9 ms at 6144 x 2048; Fourier-5's forward
+// 10.1 -> 8.5 ms, 3.4 -> 3.0 ms at 6144 x 2048 (two builds alternated in one process; an earlier one-off measurement
+// had it losing). Backwards with many sums lose (Fourier-5's 19 -> 27-29 ms, Tropical-rational-7's 17 ->
+// 18-21 ms; tall tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and Tropical),
+// as do small C (Tropical-6's backward at C = 96: 12 -> 24 ms; Fourier-5's forward at C = 96: 8.3 -> 9.1 ms;
+// Tropical-rational-7's forward at C = 1536: 1.15 -> 1.49 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
 constexpr long NO_PANELS = LONG_MAX;
@@ -241,7 +242,7 @@ struct Fourier {
     static_assert(B % H == 0);
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
-    static constexpr long FORWARD_PANEL_C = NO_PANELS, BACKWARD_PANEL_C = NO_PANELS;
+    static constexpr long FORWARD_PANEL_C = 1024, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly, bool) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
