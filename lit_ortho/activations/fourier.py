@@ -241,16 +241,19 @@ def _cpu_rows(bias, amplitudes, phases, frequencies, backward: bool) -> Tensor:
     return rows
 
 
+_CPU_FORWARD_CONSTS, _CPU_BACKWARD_CONSTS = SIN_COEFFS + COS_COEFFS, QUARTER_SIN_COEFFS + QUARTER_COS_COEFFS
+
+
 def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
     rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=False)
-    return cpu.forward("fourier", amplitudes.shape[-1], x, bias.dim() == 2, channel_dim, [rows], SIN_COEFFS + COS_COEFFS)
+    return cpu.forward("fourier", amplitudes.shape[-1], x, bias.dim() == 2, channel_dim, [rows], _CPU_FORWARD_CONSTS)
 
 
 def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
     K = amplitudes.shape[-1]
     rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=True)
     dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, [rows], 1 + 3 * K, need_x,
-                            QUARTER_SIN_COEFFS + QUARTER_COS_COEFFS)
+                            _CPU_BACKWARD_CONSTS)
     # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
     terms = slice(1 + 2 * K, 1 + 3 * K)
     inv_facts, weight = _cpu_scales(K, True)[terms], rows[..., terms]  # 1 / k!, c_k / k!

@@ -311,13 +311,13 @@ def tropical_rational_compiled(x, num_slopes, num_intercepts, den_slopes, den_in
 # ---- C++ kernels (the layouts in each record's Launchers): the compiled twin's pieces, summed in one pass ----
 def _tropical_cpu_forward(x, intercepts, scale, channel_dim):
     return cpu.forward("tropical", intercepts.shape[-1], x, intercepts.dim() == 2, channel_dim, [intercepts],
-                                     [float(scale)])
+                                     (float(scale),))
 
 
 def _tropical_cpu_backward(grad, x, intercepts, scale, channel_dim, need_x, need_values):
     K = intercepts.shape[-1]
     dx, sums = cpu.lines_backward("tropical", K, grad, x, intercepts.dim() == 2, channel_dim,
-                                  _cpu_fixed_slopes(tuple(intercepts.shape)), intercepts, 1, need_x, [float(scale)])
+                                  _cpu_fixed_slopes(tuple(intercepts.shape)), intercepts, 1, need_x, (float(scale),))
     return dx, cpu.cast(sums[0], intercepts.dtype)
 
 
@@ -335,7 +335,7 @@ def _rational_cpu_forward(x, num_slopes, num_intercepts, den_slopes, den_interce
 def _rational_cpu_backward(grad, x, p, c, q, d, channel_dim, need_x, need_values):
     # both maxes of lines at once, numerator then denominator; per max the sums of g, then of g x (the second negated)
     dx, (g_n, gx_n, g_d, gx_d) = cpu.lines_backward("tropical_rational", p.shape[-1], grad, x, p.dim() == 2, channel_dim,
-                                                    torch.stack([p, q]), torch.stack([c, d]), 4, need_x, [1.0])
+                                                    torch.stack([p, q]), torch.stack([c, d]), 4, need_x, (1.0,))
     return dx, cpu.cast(gx_n, p.dtype), cpu.cast(g_n, c.dtype), cpu.cast(gx_d, q.dtype), cpu.cast(g_d, d.dtype)
 
 

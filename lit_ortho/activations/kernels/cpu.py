@@ -56,6 +56,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _LIBRARIES: dict[int, ctypes.CDLL] = {}
 _FAILED: dict[int, str] = {}
 _LOCK = threading.Lock()
+_FUNCTIONS: dict[tuple[int, str], ctypes._CFuncPtr] = {}  # (K, exported name): looked up once
 
 
 def _cache_dirs() -> list[Path]:
@@ -156,13 +157,17 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
     """
     if x.device.type != "cpu" or x.dtype not in DTYPES or x.numel() == 0:
         return None
-    if per_channel and x.movedim(channel_dim, -1).is_contiguous():
-        return "columns"
     if not per_channel:
         return "shared" if _memory_order(x) is not None else None
-    if not x.is_contiguous():
-        return None
-    return "rows" if math.prod(x.shape[channel_dim % x.dim() + 1 :]) >= SHORT_ROW else "short_rows"
+    if not x.is_contiguous():  # channels_last's dim 1, say: a view with the channel dim innermost (microseconds)
+        return "columns" if x.movedim(channel_dim, -1).is_contiguous() else None
+    # x contiguous: with its channel dim moved innermost it stays contiguous iff the dims after the channel dim hold one
+    # element or the channel dim has size 1, so no view is made.
+    d = channel_dim % x.dim()
+    after = math.prod(x.shape[d + 1 :])
+    if after == 1 or x.shape[d] == 1:
+        return "columns"
+    return "rows" if after >= SHORT_ROW else "short_rows"
 
 
 def _memory_order(x: Tensor) -> Optional[list[int]]:
@@ -217,7 +222,9 @@ def _rows(rows: Sequence[Tensor]) -> Tensor:
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
-    return _consts_tensor(tuple(float(c) for c in consts))
+    """The constants as the kernels read them: pass a tuple of floats made once (a module constant) and this is one
+    cache lookup."""
+    return _consts_tensor(consts if type(consts) is tuple else tuple(float(c) for c in consts))
 
 
 @functools.lru_cache(maxsize=64)
@@ -227,8 +234,10 @@ def _consts_tensor(consts: tuple[float, ...]) -> Tensor:
 
 
 def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
-    suffix = "" if kind == "columns" else "_rows"
-    function = getattr(_library(K), f"{name}{suffix}")
+    name = name if kind == "columns" else f"{name}_rows"
+    function = _FUNCTIONS.get((K, name))
+    if function is None:
+        function = _FUNCTIONS[K, name] = getattr(_library(K), name)
     *pointers, consts = (_pointer(t) for t in tensors)
     function(*pointers, *(ctypes.c_long(n) for n in sizes), consts, ctypes.c_int(torch.get_num_threads()))
 
