@@ -297,8 +297,9 @@ FOURIER = register_family(Family(
     eager=fourier,
     compiled=fourier_compiled,
     triton="lit_ortho.activations.kernels.triton_fourier",
-    # the C++ kernels on every layout they take: compiled fwd+bwd 1.41-1.54x GELU shared (the twin 1.50-1.66x),
-    # 1.73-1.79x per channel on dim 1 (the twin 1.90-2.32x); benchmarks/RESULTS.md
+    # the C++ kernels on every layout they take: faster than the twin on each when chosen (compiled fwd+bwd, then:
+    # 1.41-1.54x GELU shared, the twin 1.50-1.66x; 1.73-1.79x per channel on dim 1, the twin 1.90-2.32x). Today's
+    # ratios: benchmarks/RESULTS.md
     cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_fourier,
 ))

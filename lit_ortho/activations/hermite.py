@@ -192,10 +192,10 @@ HERMITE = register_family(Family(
     learnable=("coefficients",),
     eager=hermite,
     triton="lit_ortho.activations.kernels.triton_hermite",
-    # the C++ kernels on every layout they take: per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x
-    # GELU compiled, the twin 1.42x); on shared values and short rows since dx is streamed and the launchers make few
-    # torch calls (Hermite-3 0.66-0.86x against the twin's 0.98-1.07x; Hermite-8 2.3-2.7x against 3.7-4.3x);
-    # benchmarks/RESULTS.md
+    # the C++ kernels on every layout they take: faster than the twin on each when chosen (compiled fwd+bwd, then: NHWC
+    # dim 1 0.71x GELU, the twin 1.42x; on shared values and short rows, once dx was streamed and the launchers made
+    # few torch calls, Hermite-3 0.66-0.86x against the twin's 0.98-1.07x, Hermite-8 2.3-2.7x against 3.7-4.3x).
+    # Today's ratios: benchmarks/RESULTS.md
     cpu=Launchers(_cpu_forward, _cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_hermite,
 ))

@@ -388,9 +388,9 @@ TROPICAL = register_family(Family(
     eager=tropical,
     compiled=tropical_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical",
-    # the C++ kernels on every layout they take: per channel on the innermost dim and on long rows (NHWC dim 1: 0.71x
-    # GELU compiled, the twin 1.29x); on shared values and short rows since their outputs are streamed (0.57-0.92x
-    # against the twin's 0.72-1.03x; before, the twin was the faster there); benchmarks/RESULTS.md
+    # the C++ kernels on every layout they take: faster than the twin on each when chosen (compiled fwd+bwd, then: NHWC
+    # dim 1 0.71x GELU, the twin 1.29x; on shared values and short rows, once the outputs were streamed, 0.57-0.92x
+    # against the twin's 0.72-1.03x). Today's ratios: benchmarks/RESULTS.md
     cpu=Launchers(_tropical_cpu_forward, _tropical_cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_tropical,
 ))
@@ -401,8 +401,9 @@ TROPICAL_RATIONAL = register_family(Family(
     eager=tropical_rational,
     compiled=tropical_rational_compiled,
     triton="lit_ortho.activations.kernels.triton_tropical_rational",
-    # the C++ kernels on every layout they take: compiled fwd+bwd 1.10-1.28x GELU shared (the twin 1.57-1.68x),
-    # 1.61-1.81x per channel on dim 1 (the twin 1.66-2.45x); benchmarks/RESULTS.md
+    # the C++ kernels on every layout they take: faster than the twin on each when chosen (compiled fwd+bwd, then:
+    # 1.10-1.28x GELU shared, the twin 1.57-1.68x; 1.61-1.81x per channel on dim 1, the twin 1.66-2.45x). Today's
+    # ratios: benchmarks/RESULTS.md
     cpu=Launchers(_rational_cpu_forward, _rational_cpu_backward, layouts=cpu.LAYOUTS),
     fit=_fit_tropical_rational,
 ))
