@@ -501,7 +501,8 @@ def test_unwritable_cache_falls_back_to_the_temporary_directory(monkeypatch, tmp
 
 def test_build_killed_midway_leaves_no_library_behind(tmp_path):
     """kill -9 while the compiler writes: the library's own name appears only by an atomic rename of a finished
-    file, so a later process never loads half a library, and builds a whole one."""
+    file, so a later process never loads half a library, and builds a whole one. That build deletes the killed one's
+    partial file once it is older than any build may run, and leaves a fresh one (another process's build) alone."""
     cache = tmp_path / "cache"
     env = {**os.environ, cpu.CACHE_ENV: str(cache)}
     code = "from lit_ortho.activations.kernels import cpu as c; c.available(11)"
@@ -511,12 +512,19 @@ def test_build_killed_midway_leaves_no_library_behind(tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list(cache.glob("*.tmp")), "the build never started"
+    killed = list(cache.glob("*.tmp"))
+    assert killed, "the build never started"
     assert not list(cache.glob("*.so")), "a library appeared before the build finished"
+    long_ago = time.time() - 2 * cpu.BUILD_TIMEOUT_S - 60
+    for partial in killed:
+        os.utime(partial, (long_ago, long_ago))
+    in_progress = cache / "cpu_k11_another.so.abc123.tmp"
+    in_progress.write_bytes(b"a build another process is writing")
     done = subprocess.run([sys.executable, "-c", code + "; assert c._library(11) is not None"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(list(cache.glob("*.so"))) == 1
+    assert list(cache.glob("*.tmp")) == [in_progress]
 
 
 ARM_CXX = "aarch64-linux-gnu-g++"

@@ -39,6 +39,7 @@ import platform
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -51,6 +52,7 @@ __all__ = ["available", "layout", "coefficient_count", "forward", "backward", "l
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 CACHE_ENV = "LIT_ORTHO_KERNEL_CACHE"
+BUILD_TIMEOUT_S = 300
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _LIBRARIES: dict[int, ctypes.CDLL] = {}
@@ -104,9 +106,10 @@ def _build(K: int) -> ctypes.CDLL:
         except OSError as error:  # read-only or full: the next directory
             errors.append(f"{directory}: {error}")
             continue
+        _remove_stale_partials(directory)
         try:
             done = subprocess.run([compiler, *FLAGS, f"-DLIT_K={K}", str(SOURCE), "-o", partial],
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
             os.replace(partial, target)  # atomic: another process loads the whole library or none
@@ -115,6 +118,17 @@ def _build(K: int) -> ctypes.CDLL:
                 os.unlink(partial)
         return ctypes.CDLL(str(target))
     raise OSError("no writable kernel cache: " + "; ".join(errors) + f" (set {CACHE_ENV} to a writable directory)")
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Delete the partial libraries of builds killed midway (kill -9, a node lost): older than any build may run, so
+    never one that another process is still writing."""
+    for partial in directory.glob("cpu_k*.so.*.tmp"):
+        try:
+            if time.time() - partial.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+                partial.unlink()
+        except OSError:  # gone already (another process cleaned it), or not ours to delete
+            pass
 
 
 def _library(K: int) -> Optional[ctypes.CDLL]:
