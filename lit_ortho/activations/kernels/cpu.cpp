@@ -71,19 +71,23 @@ static inline vf load(const float *p, vf) { vf v; std::memcpy(&v, p, sizeof v); 
 static inline void store(float *p, float v) { *p = v; }
 static inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// Outputs of STREAM_BYTES or more go to memory with non-temporal stores, for the families whose kernels are bound by
-// memory (F::STREAM_FORWARD, F::STREAM_BACKWARD): the stores skip the read of each line before it is written and leave
-// the caches to the inputs (and to the Python that runs between kernels), as glibc's memcpy does for large copies. Only
-// where the walk writes whole lines in memory order (rows, and the columns' tiles of B rows across all channels).
-// Measured (kernels alone, one process): Tropical-6 at 12288 x 3072 per channel 27.7 -> 21.8 ms, at 6.3 M elements
-// 1.20 -> 1.01 ms; Hermite-4's backward on NHWC's dim 1 11.0 -> 9.0 ms. The kernels bound by their arithmetic lose
-// (at 38.5 M elements in memory order: Fourier-5's forward 7.1 -> 9.3 ms, Tropical-rational-7's forward and backward
-// 15.4 -> 18.6 ms, Hermite-4's forward 5.0 -> 6.1 ms), and so does any walk down tall tiles, one line a row
-// (Fourier-5's forward at 12288 x 3072 10.0 -> 12.5 ms).
+// Outputs of STREAM_BYTES or more go to memory with non-temporal stores where a family's walk gains by it: the stores
+// skip the read of each line before it is written and leave the caches to the inputs (and to the Python that runs
+// between kernels), as glibc's memcpy does for large copies. Only where every store writes a whole line: walks in
+// memory order (rows, and the columns' tiles of B rows across all channels: F::STREAM_FORWARD, F::STREAM_BACKWARD),
+// and the backward's tall tiles of aligned rows (F::STREAM_TALL_BACKWARD). Measured (kernels alone, one process):
+// - in memory order: Tropical-6 at 12288 x 3072 per channel 27.7 -> 21.8 ms, at 6.3 M elements 1.20 -> 1.01 ms;
+//   Hermite-4's backward on NHWC's dim 1 11.0 -> 9.0 ms. The kernels bound by their arithmetic lose there (at 38.5 M
+//   elements: Fourier-5's forward 7.1 -> 9.3 ms, Tropical-rational-7's forward and backward 15.4 -> 18.6 ms,
+//   Hermite-4's forward 5.0 -> 6.1 ms);
+// - the backward down tall tiles (its dx no longer prefetched for writing): Tropical-rational-7 at 4096 x 1536 per
+//   channel 2.66 -> 2.13 ms, at 12288 x 3072 20.7 -> 17.6 ms, NHWC's dim 3 12.5 -> 10.7 ms; Hermite-4 at 4096 x 1536
+//   2.02 -> 1.73 ms, NHWC's dim 3 12.7 -> 10.9 ms; Fourier-5 at 12288 x 3072 20.8 -> 19.3 ms, 4096 x 1536 3.37 ->
+//   3.16 ms (NHWC's dim 3 16.4 -> 16.8 ms). Tropical-6 loses at 4096 x 1536 (1.26 -> 1.35 ms; gains on NHWC's dim 3,
+//   10.4 -> 9.4 ms), and the forwards down tall tiles lose (Fourier-5's at 12288 x 3072 10.0 -> 12.5 ms).
 constexpr long STREAM_BYTES = 16L << 20;
-template <class F, bool BACKWARD> static inline bool streams(const float *out, long elements) {
-    constexpr bool bound_by_memory = BACKWARD ? F::STREAM_BACKWARD : F::STREAM_FORWARD;
-    return bound_by_memory && out && elements * long(sizeof(float)) >= STREAM_BYTES &&
+static inline bool streams(bool wanted, const float *out, long elements) {
+    return wanted && out && elements * long(sizeof(float)) >= STREAM_BYTES &&
            reinterpret_cast<std::uintptr_t>(out) % sizeof(vf) == 0;
 }
 static inline void stream(float *p, float v) { *p = v; }
@@ -175,7 +179,7 @@ template <int N, class V> static inline V clenshaw(V x, const V *a) {
 struct Hermite {
     static constexpr bool PLAIN_WHERE_FINITE = false;
     static constexpr int FORWARD_ROWS = K, BACKWARD_ROWS = K, SUMS = K;
-    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true;
+    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool) {
         for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
@@ -243,7 +247,7 @@ struct Fourier {
     static constexpr int H = 4;
     static_assert(B % H == 0);
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
-    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
+    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = 1024, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly, bool) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
@@ -362,7 +366,7 @@ template <int M, bool GX> struct Pieces {
 struct Tropical : Pieces<1, false> {
     static constexpr bool PLAIN_WHERE_FINITE = true;
     static constexpr int FORWARD_ROWS = K;
-    static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true;
+    static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = false;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 8 ? 2048 : NO_PANELS;
     template <class V>
     static inline void forward_block(const V *x, V *y, const V *c, const float *consts, bool rows_finite) {
@@ -378,7 +382,7 @@ struct Tropical : Pieces<1, false> {
 struct TropicalRational : Pieces<2, true> {
     static constexpr bool PLAIN_WHERE_FINITE = true;
     static constexpr int FORWARD_ROWS = 4 * K;
-    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false;
+    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = 2048, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool rows_finite) {
         V den[B];
@@ -468,7 +472,7 @@ static inline void backward_tile(const float *x, const float *g, float *dx, floa
             for (int r = 0; r < B; ++r) {
                 __builtin_prefetch(x + (r0 + PREFETCH + r) * C);
                 __builtin_prefetch(g + (r0 + PREFETCH + r) * C);
-                if (dx) __builtin_prefetch(dx + (r0 + PREFETCH + r) * C, 1);
+                if (dx && !streaming) __builtin_prefetch(dx + (r0 + PREFETCH + r) * C, 1);
             }
         load_block(x, nr, r0, C, xb);
         const int n = load_block(g, nr, r0, C, gb);  // padding rows have g = 0: they add nothing to the sums
@@ -510,7 +514,7 @@ static void forward(const float *x, float *y, const float *rows, long N, long C,
     layout.from_channels(rows, coefficients.data());
     const float *a = coefficients.data();
     const std::vector<unsigned char> finite = finite_coefficients<F>(layout, a);
-    const bool streaming = R == B && C % W == 0 && streams<F, false>(y, N * C);  // tiles across all channels, rows aligned
+    const bool streaming = C % W == 0 && streams(R == B && F::STREAM_FORWARD, y, N * C);  // rows aligned
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
@@ -537,7 +541,7 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
     std::vector<float> coefficients(layout.size()), partial(size_t(threads) * sum_layout.size(), 0.0f);
     layout.from_channels(rows, coefficients.data());
     const float *a = coefficients.data();
-    const bool streaming = R == B && C % W == 0 && streams<F, true>(dx, N * C);
+    const bool streaming = C % W == 0 && streams(R == B ? F::STREAM_BACKWARD : F::STREAM_TALL_BACKWARD, dx, N * C);
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -614,7 +618,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
     threads = int(std::max(1L, std::min<long>(threads, work)));
     std::vector<float> partial(BACKWARD ? size_t(threads) * C * SUMS : 0, 0.0f);  // per thread, channel by channel
     const float *coefficients = rows;  // [C, ROWS]: one channel's in one or two lines
-    const bool streaming = streams<F, BACKWARD>(out, O * C * I);
+    const bool streaming = streams(BACKWARD ? F::STREAM_BACKWARD : F::STREAM_FORWARD, out, O * C * I);
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
