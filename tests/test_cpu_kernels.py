@@ -110,17 +110,17 @@ STREAMED = {  # outputs of at least the .cpp's STREAM_BYTES (16 MiB), which it w
     "columns-tall": (True, -1, (4096, 1024)),  # the backward's dx down tall tiles (STREAM_TALL_BACKWARD)
 }
 STREAMED_CASES = [(family, degree, layout) for layout in ("columns-wide", "shared", "rows-unaligned")
-                  for family, degree in (("hermite", 3), ("tropical", 5))]
+                  for family, degree in (("hermite", 3), ("tropical", 5), ("tropical_rational", 6))]
 STREAMED_CASES += [(family, degree, "columns-tall") for family, degree in
                    (("hermite", 3), ("fourier", 5), ("tropical_rational", 6))]
 
 
 @pytest.mark.parametrize("family,degree,layout", STREAMED_CASES)
 def test_streamed_outputs_match_float64_eager(family, degree, layout):
-    """The walks that stream large outputs past the caches (Tropical both ways and Hermite's dx in memory order; the
-    backward's dx down tall tiles for Hermite, Fourier and Tropical-rational), at a size where they do: every element
-    of F and dx and the coefficient gradients against float64 eager, rows that start mid-vector included (a
-    non-temporal store there would fault)."""
+    """The walks that stream large outputs past the caches (in memory order Tropical and Tropical-rational both ways
+    and Hermite's dx; the backward's dx down tall tiles for Hermite, Fourier and Tropical-rational), at a size where
+    they do: every element of F and dx and the coefficient gradients against float64 eager, rows that start
+    mid-vector included (a non-temporal store there would fault)."""
     per_channel, channel_dim, shape = STREAMED[layout]
     assert torch.Size(shape).numel() * 4 >= 16 << 20
     torch.manual_seed(0)

@@ -77,9 +77,11 @@ static inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
 // memory order (rows, and the columns' tiles of B rows across all channels: F::STREAM_FORWARD, F::STREAM_BACKWARD),
 // and the backward's tall tiles of aligned rows (F::STREAM_TALL_BACKWARD). Measured (kernels alone, one process):
 // - in memory order: Tropical-6 at 12288 x 3072 per channel 27.7 -> 21.8 ms, at 6.3 M elements 1.20 -> 1.01 ms;
-//   Hermite-4's backward on NHWC's dim 1 11.0 -> 9.0 ms. The kernels bound by their arithmetic lose there (at 38.5 M
-//   elements: Fourier-5's forward 7.1 -> 9.3 ms, Tropical-rational-7's forward and backward 15.4 -> 18.6 ms,
-//   Hermite-4's forward 5.0 -> 6.1 ms);
+//   Hermite-4's backward on NHWC's dim 1 11.0 -> 9.0 ms; Tropical-rational-7 (since its backward compares once a
+//   threshold) backward on NHWC's dim 1 13.7 -> 11.7 ms, NCHW's dim 1 3.73 -> 3.07 ms, shared at 6.3 M 1.62 -> 1.37 ms,
+//   forward at 12288 x 3072 per channel 8.1 -> 6.8 ms, shared at 6.3 M 0.89 -> 0.83 ms. The kernels bound by their
+//   arithmetic lose there (Fourier-5's forward at 6.3 M 1.16 -> 1.26 ms, on NHWC's dim 1 8.2 -> 9.2 ms, its backward
+//   on NHWC's dim 1 18.1 -> 20.2 ms; Hermite-4's forward at 38.5 M 5.0 -> 6.1 ms);
 // - the backward down tall tiles (its dx no longer prefetched for writing): Tropical-rational-7 at 4096 x 1536 per
 //   channel 2.66 -> 2.13 ms, at 12288 x 3072 20.7 -> 17.6 ms, NHWC's dim 3 12.5 -> 10.7 ms; Hermite-4 at 4096 x 1536
 //   2.02 -> 1.73 ms, NHWC's dim 3 12.7 -> 10.9 ms; Fourier-5 at 12288 x 3072 20.8 -> 19.3 ms, 4096 x 1536 3.37 ->
@@ -382,7 +384,7 @@ struct Tropical : Pieces<1, false> {
 struct TropicalRational : Pieces<2, true> {
     static constexpr bool PLAIN_WHERE_FINITE = true;
     static constexpr int FORWARD_ROWS = 4 * K;
-    static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
+    static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = 2048, BACKWARD_PANEL_C = NO_PANELS;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool rows_finite) {
         V den[B];
