@@ -16,7 +16,7 @@ import torch
 
 import lit_ortho as L
 from _families import BUILTIN_FAMILIES
-from lit_ortho.activations import FAMILIES, backends, tropical
+from lit_ortho.activations import FAMILIES, backends, fourier, tropical
 from lit_ortho.activations.kernels import cpu, ops
 from test_kernels import _have_cxx, _module, _ties_and_dead_lines
 
@@ -235,6 +235,34 @@ def test_max_of_lines_keeps_torch_maximums_nans_and_infinities(family, layout):
         expected = FAMILIES[family].eager(x, *case, channel_dim=channel_dim)
         assert torch.isnan(expected).any()
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("per_channel", [None, 37])
+def test_fourier_rows_and_gradients_in_cpp_equal_the_torch_ones_bitwise(per_channel):
+    """Fourier's C++ helpers (its coefficient rows from its values; its values' gradients from the backward's sums)
+    against the torch ops they replace (a cat times the scales, and slices of the sums times 1/k! and c_k/k!), bit for
+    bit, per channel and shared."""
+    K = 5
+    module = L.build_activation({"name": "fourier", "degree": K, "per_channel": per_channel, "channel_dim": -1})
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    bias, amplitudes, phases, frequencies = _values(module)
+    for backward in (False, True):
+        scales = fourier._cpu_scales(K, backward)
+        expected = torch.cat([bias, frequencies, phases, amplitudes] + [amplitudes] * backward, dim=-1) * scales
+        if backward:
+            expected[..., 1 + 3 * K :] *= frequencies
+        rows = fourier._cpu_rows(bias, amplitudes, phases, frequencies, backward)
+        assert rows.shape == expected.shape and torch.equal(rows, expected), backward
+    sums = torch.randn(*bias.shape[:-1], 1 + 3 * K, generator=torch.Generator().manual_seed(2))
+    grads = [torch.full(v.shape, float("nan")) for v in (bias, amplitudes, phases, frequencies)]
+    cpu.call(K, "fourier_gradients", sums, rows, bias.numel(), scales, *grads)
+    terms = slice(1 + 2 * K, 1 + 3 * K)
+    weight = rows[..., terms]  # c_k / k!
+    expected = [sums[..., :1], sums[..., 1::3] * scales[terms], sums[..., 2::3] * weight, sums[..., 3::3] * -weight]
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("K", [2, 7])

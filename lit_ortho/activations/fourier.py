@@ -231,13 +231,12 @@ def _cpu_scales(K: int, backward: bool) -> Tensor:
 
 def _cpu_rows(bias, amplitudes, phases, frequencies, backward: bool) -> Tensor:
     """The C++ kernels' coefficients, ``[C, ROWS]`` (shared: C = 1): bias, w and -phi in half (forward) or quarter
-    (backward) turns, c_k / k!, and for the backward -(c_k / k!) w_k (dF/dx = -sum_k (c_k / k!) w_k sin z_k). One cat
-    and one multiply: each torch op here costs microseconds, more than its arithmetic."""
+    (backward) turns, c_k / k!, and for the backward -(c_k / k!) w_k (dF/dx = -sum_k (c_k / k!) w_k sin z_k); the
+    values times :func:`_cpu_scales`, made by one C++ call (the .cpp's ``fourier_rows``)."""
     K = amplitudes.shape[-1]
-    values = [bias, frequencies, phases, amplitudes] + ([amplitudes] if backward else [])
-    rows = torch.cat(values, dim=-1) * _cpu_scales(K, backward)  # [C, ROWS] or [ROWS]; float32 (the values are)
-    if backward:
-        rows[..., 1 + 3 * K :] *= frequencies
+    values = [cpu.as_float32(v) for v in (bias, frequencies, phases, amplitudes)]  # referenced through the call
+    rows = torch.empty(*bias.shape[:-1], 1 + (4 if backward else 3) * K, dtype=torch.float32)
+    cpu.call(K, "fourier_rows", *values, bias.numel(), _cpu_scales(K, backward), int(backward), rows)
     return rows
 
 
@@ -254,11 +253,12 @@ def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, n
     rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=True)
     dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, [rows], 1 + 3 * K, need_x,
                             _CPU_BACKWARD_CONSTS)
-    # sums[..., :]: g, then per term g cos z, g sin z, g x sin z
-    terms = slice(1 + 2 * K, 1 + 3 * K)
-    inv_facts, weight = _cpu_scales(K, True)[terms], rows[..., terms]  # 1 / k!, c_k / k!
-    return (dx, cpu.cast(sums[..., :1], bias.dtype), cpu.cast(sums[..., 1::3] * inv_facts, amplitudes.dtype),
-            cpu.cast(sums[..., 2::3] * weight, phases.dtype), cpu.cast(sums[..., 3::3] * -weight, frequencies.dtype))
+    # sums[..., :]: g, then per term g cos z, g sin z, g x sin z; the gradients: g; g cos z / k!; g sin z c_k / k!;
+    # -g x sin z c_k / k! (the .cpp's fourier_gradients, one C++ call)
+    values = (bias, amplitudes, phases, frequencies)
+    grads = [torch.empty(v.shape, dtype=torch.float32) for v in values]
+    cpu.call(K, "fourier_gradients", sums, rows, bias.numel(), _cpu_scales(K, True), *grads)
+    return (dx, *(cpu.cast(g, v.dtype) for g, v in zip(grads, values)))
 
 
 def _fit_fourier(module, x, y, dy, weight) -> dict[str, Tensor]:

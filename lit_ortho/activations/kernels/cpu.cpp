@@ -808,6 +808,41 @@ static void lines_backward(const float *slopes, const float *intercepts, long C,
     piece_sums(sums.data(), order.data(), C, G, maxes, signs, out);
 }
 
+// ---- Fourier's coefficients from its values, and its values' gradients from the backward's sums ------------
+// fourier.py's _cpu_rows and _cpu_backward call these, one call each where a cat, a multiply and a dozen slices and
+// multiplies of [C, K] tensors ran (each torch call 15-80 us after a kernel has swept the caches). The same float32
+// operations in the same order, so the same bits. scales: fourier.py's _cpu_scales (c_k's 1/k! at 1 + 2K + k); C = 1
+// for shared values.
+extern "C" void fourier_rows(const float *bias, const float *w, const float *phi, const float *c, long C,
+                             const float *scales, long backward, float *rows) {
+    const int n = backward ? 1 + 4 * K : 1 + 3 * K;
+    for (long ch = 0; ch < C; ++ch) {
+        float *row = rows + ch * n;
+        const float *wc = w + ch * K, *pc = phi + ch * K, *cc = c + ch * K;
+        row[0] = bias[ch] * scales[0];
+        for (int k = 0; k < K; ++k) {
+            row[1 + k] = wc[k] * scales[1 + k];
+            row[1 + K + k] = pc[k] * scales[1 + K + k];
+            row[1 + 2 * K + k] = cc[k] * scales[1 + 2 * K + k];
+            if (backward) row[1 + 3 * K + k] = (cc[k] * scales[1 + 3 * K + k]) * wc[k];
+        }
+    }
+}
+
+// sums: [C, 1 + 3K] (g, then per term g cos z, g sin z, g x sin z); rows: the backward's; out: each value's gradient.
+extern "C" void fourier_gradients(const float *sums, const float *rows, long C, const float *scales, float *bias,
+                                  float *amplitudes, float *phases, float *frequencies) {
+    for (long ch = 0; ch < C; ++ch) {
+        const float *s = sums + ch * (1 + 3 * K), *weight = rows + ch * (1 + 4 * K) + 1 + 2 * K;  // c_k / k!
+        bias[ch] = s[0];
+        for (int k = 0; k < K; ++k) {
+            amplitudes[ch * K + k] = s[1 + 3 * k] * scales[1 + 2 * K + k];
+            phases[ch * K + k] = s[2 + 3 * k] * weight[k];
+            frequencies[ch * K + k] = s[3 + 3 * k] * -weight[k];
+        }
+    }
+}
+
 #define LIT_EXPORT(name, F)                                                                                         \
     extern "C" void name##_forward(const float *x, float *y, const float *rows, long N, long C, const float *consts, \
                                    int threads) {                                                                  \

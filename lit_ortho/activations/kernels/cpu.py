@@ -232,7 +232,7 @@ def _rows(rows: Sequence[Tensor]) -> Tensor:
     """The ``[C, ROWS]`` float32 coefficients, channel by channel, from the pieces ``[C, k]`` side by side (shared:
     ``[k]``, C = 1): one ``cat``, where rows ``[ROWS, C]`` took a transpose a piece; none for one contiguous float32
     piece. (The launchers run inside the custom ops, below autograd: nothing here is recorded.)"""
-    return _float32(rows[0] if len(rows) == 1 else torch.cat(rows, dim=-1))
+    return as_float32(rows[0] if len(rows) == 1 else torch.cat(rows, dim=-1))
 
 
 def _consts(consts: Sequence[float]) -> Tensor:
@@ -247,13 +247,23 @@ def _consts_tensor(consts: tuple[float, ...]) -> Tensor:
     return torch.tensor(list(consts) or [0.0], dtype=torch.float32)
 
 
-def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
-    name = name if kind == "columns" else f"{name}_rows"
+def _function(K: int, name: str):
     function = _FUNCTIONS.get((K, name))
     if function is None:
         function = _FUNCTIONS[K, name] = getattr(_library(K), name)
+    return function
+
+
+def _call(K: int, name: str, kind: str, sizes: list[int], *tensors: Optional[Tensor]) -> None:
+    function = _function(K, name if kind == "columns" else f"{name}_rows")
     *pointers, consts = (_pointer(t) for t in tensors)
     function(*pointers, *(ctypes.c_long(n) for n in sizes), consts, ctypes.c_int(torch.get_num_threads()))
+
+
+def call(K: int, name: str, *args) -> None:
+    """Call the exported C++ function ``name`` of the library for K coefficients: tensors (contiguous float32, which the
+    caller keeps referenced until this returns) as their data, ints as C longs."""
+    _function(K, name)(*(_pointer(a) if isinstance(a, Tensor) else ctypes.c_long(a) for a in args))
 
 
 def _output(x: Tensor, kind: str, channel_dim: int, zeros: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -301,7 +311,7 @@ def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bo
     (j = 0) and of g x (j = 1), negated for the second max), without the torch calls between them."""
     out = torch.empty(groups, *_channels(x, per_channel, channel_dim), K, dtype=torch.float32)
     dx = _backward_pass(f"{family}_backward_lines", K, grad, x, per_channel, channel_dim, need_x, consts, out,
-                        _float32(slopes), _float32(intercepts))
+                        as_float32(slopes), as_float32(intercepts))
     return dx, out
 
 
@@ -327,7 +337,7 @@ def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Ten
     """:func:`lit_ortho.activations.tropical.breakpoints` (the same values, bit for bit) for float32 ``[..., K]`` lines,
     in C++: microseconds where the torch version takes milliseconds for thousands of channels."""
     K, shape = slopes.shape[-1], slopes.shape[:-1]
-    s, c = (_float32(t) for t in (slopes, intercepts))
+    s, c = (as_float32(t) for t in (slopes, intercepts))
     sorted_slopes, order = torch.empty(slopes.shape, dtype=torch.float32), torch.empty(slopes.shape, dtype=torch.int64)
     thresholds = torch.empty(*shape, K - 1, dtype=torch.float32)
     _library(K).breakpoints(_pointer(s), _pointer(c), ctypes.c_long(s.numel() // K), _pointer(sorted_slopes),
@@ -346,13 +356,13 @@ def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, fl
     C = cumulative.numel() // (G * K)
     out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
-    cumulative, order = _float32(cumulative), order.contiguous()  # referenced until the call returns
+    cumulative, order = as_float32(cumulative), order.contiguous()  # referenced until the call returns
     _library(K).piece_sums(_pointer(cumulative), _pointer(order), ctypes.c_long(C),
                            ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
     return out
 
 
-def _float32(t: Tensor) -> Tensor:
+def as_float32(t: Tensor) -> Tensor:
     """``t`` as contiguous float32 memory: ``t`` itself where it is (no torch call)."""
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
