@@ -641,7 +641,7 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                 channel = c;
                 for (int j = 0; j < ROWS; ++j) a[j] = splat<vf>(coefficients[c * ROWS + j]);
                 for (int j = 0; j < SUMS; ++j) s[j] = vf{};
-                rows_finite = all_finite(a, ROWS);
+                if (!BACKWARD && F::PLAIN_WHERE_FINITE) rows_finite = all_finite(a, ROWS);
             }
             if (w + 1 < w1) {  // the next segment's channel: its coefficients and sums
                 const long next = (w + 1) / segments, cn = by_channel ? next / O : next % C;
