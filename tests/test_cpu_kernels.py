@@ -3,6 +3,7 @@ their numbers against float64 eager autograd, the dispatch that picks them (eage
 custom ops, and how they are built and cached (a missing compiler, an unwritable cache, a build killed midway)."""
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -101,6 +102,41 @@ def test_kernels_match_float64_eager(family, degree, layout):
     for got, expected in zip(value_grads, grads64):  # float32 sums of up to 37,000 terms, as inductor's: 1e-4
         assert got.shape == expected.shape
         _assert_close_scaled(got, expected, 1e-4)
+
+
+def test_layout_is_the_moved_channel_dims_contiguity_without_making_a_view():
+    """cpu.layout decides a contiguous tensor's walk from its sizes. It must say "columns" exactly where moving the
+    channel dim innermost leaves the tensor contiguous, over shapes with dims of size 1, strided and channels_last
+    views and every channel dim, and raise torch's IndexError for a dim out of range."""
+    def by_definition(x, channel_dim):
+        if x.movedim(channel_dim, -1).is_contiguous():
+            return "columns"
+        if not x.is_contiguous():
+            return None
+        return "rows" if math.prod(x.shape[channel_dim % x.dim() + 1 :]) >= cpu.SHORT_ROW else "short_rows"
+
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    sizes = [1, 2, 3, 64, 5000]
+    for _ in range(300):
+        dims = int(torch.randint(1, 5, (), generator=gen))
+        shape = [sizes[int(i)] for i in torch.randint(0, len(sizes), (dims,), generator=gen)]
+        if math.prod(shape) > 1 << 21:
+            continue
+        x = torch.empty(shape)
+        views = [x, x.transpose(0, -1), x[..., ::2]]
+        if x.dim() == 4:
+            views.append(x.contiguous(memory_format=torch.channels_last))
+        for view in views:
+            if view.numel() == 0:
+                continue
+            for channel_dim in range(-view.dim(), view.dim()):
+                assert cpu.layout(view, True, channel_dim) == by_definition(view, channel_dim), (view.shape, channel_dim)
+                checked += 1
+    assert checked > 1000
+    for bad in (2, -3):
+        with pytest.raises(IndexError, match="Dimension out of range"):
+            cpu.layout(torch.empty(4, 5), True, bad)
 
 
 STREAMED = {  # outputs of at least the .cpp's STREAM_BYTES (16 MiB), which it writes with non-temporal stores

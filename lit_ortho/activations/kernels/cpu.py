@@ -177,9 +177,9 @@ def layout(x: Tensor, per_channel: bool, channel_dim: int) -> Optional[str]:
         return "columns" if x.movedim(channel_dim, -1).is_contiguous() else None
     # x contiguous: with its channel dim moved innermost it stays contiguous iff the dims after the channel dim hold one
     # element or the channel dim has size 1, so no view is made.
-    d = channel_dim % x.dim()
+    channels, d = x.size(channel_dim), channel_dim % x.dim()  # size(): torch's IndexError for a dim out of range
     after = math.prod(x.shape[d + 1 :])
-    if after == 1 or x.shape[d] == 1:
+    if after == 1 or channels == 1:
         return "columns"
     return "rows" if after >= SHORT_ROW else "short_rows"
 
