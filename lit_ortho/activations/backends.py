@@ -92,8 +92,7 @@ def use_triton(backend: str, x: Tensor, family: Family | None = None) -> bool:
 def use_cpu_kernels(family: Family, backend: str, x: Tensor, values: Sequence[Tensor], channel_dim: int) -> bool:
     """Whether ``"auto"`` runs the family's C++ CPU kernels on ``x``: in a layout its record lists (``Family.cpu.layouts``:
     every contiguous or channels_last input for the built-in families; :mod:`~lit_ortho.activations.kernels.cpu`), under
-    ``torch.compile`` or from
-    :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
+    ``torch.compile`` or from :data:`CPU_KERNEL_MIN_ELEMENTS` elements, unless ``LIT_ORTHO_LAZY_COMPILE=off``."""
     per_channel = any(v.dim() == 2 for v in values)
     if backend != "auto" or family.cpu is None or cpu.layout(x, per_channel, channel_dim) not in family.cpu.layouts:
         return False

@@ -210,7 +210,7 @@ def _walked(t: Tensor, x: Tensor, kind: str, channel_dim: int) -> Tensor:
     microseconds, several times that after a kernel has swept the caches: the fast path makes none."""
     if t.dtype == torch.float32 and (t is x or (t.shape == x.shape and t.stride() == x.stride())):
         return t
-    return _walked_view(t, x, kind, channel_dim).float().contiguous()
+    return as_float32(_walked_view(t, x, kind, channel_dim))
 
 
 def _sizes(x: Tensor, kind: str, per_channel: bool, channel_dim: int) -> list[int]:
@@ -340,8 +340,8 @@ def breakpoints(slopes: Tensor, intercepts: Tensor) -> tuple[Tensor, Tensor, Ten
     s, c = (as_float32(t) for t in (slopes, intercepts))
     sorted_slopes, order = torch.empty(slopes.shape, dtype=torch.float32), torch.empty(slopes.shape, dtype=torch.int64)
     thresholds = torch.empty(*shape, K - 1, dtype=torch.float32)
-    _library(K).breakpoints(_pointer(s), _pointer(c), ctypes.c_long(s.numel() // K), _pointer(sorted_slopes),
-                            _pointer(order), _pointer(thresholds), ctypes.c_int(torch.get_num_threads()))
+    _function(K, "breakpoints")(_pointer(s), _pointer(c), ctypes.c_long(s.numel() // K), _pointer(sorted_slopes),
+                                _pointer(order), _pointer(thresholds), ctypes.c_int(torch.get_num_threads()))
     return sorted_slopes, order, thresholds
 
 
@@ -357,8 +357,8 @@ def piece_sums(cumulative: Tensor, order: Tensor, groups: Sequence[tuple[int, fl
     out = torch.empty(G, *cumulative.shape[:-1], K, dtype=torch.float32)
     maxes, signs = _piece_groups(tuple((int(m), float(s)) for m, s in groups))
     cumulative, order = as_float32(cumulative), order.contiguous()  # referenced until the call returns
-    _library(K).piece_sums(_pointer(cumulative), _pointer(order), ctypes.c_long(C),
-                           ctypes.c_int(G), _pointer(maxes), _pointer(signs), _pointer(out))
+    _function(K, "piece_sums")(_pointer(cumulative), _pointer(order), ctypes.c_long(C), ctypes.c_int(G),
+                               _pointer(maxes), _pointer(signs), _pointer(out))
     return out
 
 
