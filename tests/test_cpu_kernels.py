@@ -289,8 +289,10 @@ def test_fourier_rows_and_gradients_in_cpp_equal_the_torch_ones_bitwise(per_chan
         expected = torch.cat([bias, frequencies, phases, amplitudes] + [amplitudes] * backward, dim=-1) * scales
         if backward:
             expected[..., 1 + 3 * K :] *= frequencies
-        rows = fourier._cpu_rows(bias, amplitudes, phases, frequencies, backward)
-        assert rows.shape == expected.shape and torch.equal(rows, expected), backward
+        rows = torch.full(expected.shape, float("nan"))
+        cpu.call(K, "fourier_rows", *fourier._cpu_values(bias, amplitudes, phases, frequencies), bias.numel(), scales,
+                 int(backward), rows)
+        assert torch.equal(rows, expected), backward
     sums = torch.randn(*bias.shape[:-1], 1 + 3 * K, generator=torch.Generator().manual_seed(2))
     grads = [torch.full(v.shape, float("nan")) for v in (bias, amplitudes, phases, frequencies)]
     cpu.call(K, "fourier_gradients", sums, rows, bias.numel(), scales, *grads)

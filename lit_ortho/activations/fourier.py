@@ -229,35 +229,31 @@ def _cpu_scales(K: int, backward: bool) -> Tensor:
                         dtype=torch.float32)
 
 
-def _cpu_rows(bias, amplitudes, phases, frequencies, backward: bool) -> Tensor:
-    """The C++ kernels' coefficients, ``[C, ROWS]`` (shared: C = 1): bias, w and -phi in half (forward) or quarter
-    (backward) turns, c_k / k!, and for the backward -(c_k / k!) w_k (dF/dx = -sum_k (c_k / k!) w_k sin z_k); the
-    values times :func:`_cpu_scales`, made by one C++ call (the .cpp's ``fourier_rows``)."""
-    K = amplitudes.shape[-1]
-    values = [cpu.as_float32(v) for v in (bias, frequencies, phases, amplitudes)]  # referenced through the call
-    rows = torch.empty(*bias.shape[:-1], 1 + (4 if backward else 3) * K, dtype=torch.float32)
-    cpu.call(K, "fourier_rows", *values, bias.numel(), _cpu_scales(K, backward), int(backward), rows)
-    return rows
+def _cpu_values(bias, amplitudes, phases, frequencies) -> list[Tensor]:
+    """The values in the order the C++ reads them (bias, w, phi, c), as float32 (referenced through the call)."""
+    return [cpu.as_float32(v) for v in (bias, frequencies, phases, amplitudes)]
 
 
 _CPU_FORWARD_CONSTS, _CPU_BACKWARD_CONSTS = SIN_COEFFS + COS_COEFFS, QUARTER_SIN_COEFFS + QUARTER_COS_COEFFS
 
 
 def _cpu_forward(x, bias, amplitudes, phases, frequencies, channel_dim):
-    rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=False)
-    return cpu.forward("fourier", amplitudes.shape[-1], x, bias.dim() == 2, channel_dim, [rows], _CPU_FORWARD_CONSTS)
+    """One C++ call (the .cpp's ``fourier_forward_values``): it makes its coefficient rows from the values, bias, w and
+    -phi in half turns and c_k / k! (the values times :func:`_cpu_scales`), then walks x."""
+    K = amplitudes.shape[-1]
+    return cpu.forward_pass("fourier_forward_values", K, x, bias.dim() == 2, channel_dim, _CPU_FORWARD_CONSTS,
+                            *_cpu_values(bias, amplitudes, phases, frequencies), _cpu_scales(K, False))
 
 
 def _cpu_backward(grad, x, bias, amplitudes, phases, frequencies, channel_dim, need_x, need_values):
+    """One C++ call (``fourier_backward_values``): the rows in quarter turns, with -(c_k / k!) w_k for dF/dx =
+    -sum_k (c_k / k!) w_k sin z_k; the pass, whose sums are g, then per term g cos z, g sin z and g x sin z; and from them
+    the values' gradients g; g cos z / k!; g sin z c_k / k!; -g x sin z c_k / k!."""
     K = amplitudes.shape[-1]
-    rows = _cpu_rows(bias, amplitudes, phases, frequencies, backward=True)
-    dx, sums = cpu.backward("fourier", K, grad, x, bias.dim() == 2, channel_dim, [rows], 1 + 3 * K, need_x,
-                            _CPU_BACKWARD_CONSTS)
-    # sums[..., :]: g, then per term g cos z, g sin z, g x sin z; the gradients: g; g cos z / k!; g sin z c_k / k!;
-    # -g x sin z c_k / k! (the .cpp's fourier_gradients, one C++ call)
     values = (bias, amplitudes, phases, frequencies)
     grads = [torch.empty(v.shape, dtype=torch.float32) for v in values]
-    cpu.call(K, "fourier_gradients", sums, rows, bias.numel(), _cpu_scales(K, True), *grads)
+    dx = cpu.backward_pass("fourier_backward_values", K, grad, x, bias.dim() == 2, channel_dim, need_x,
+                           _CPU_BACKWARD_CONSTS, *grads, *_cpu_values(*values), _cpu_scales(K, True))
     return (dx, *(cpu.cast(g, v.dtype) for g, v in zip(grads, values)))
 
 

@@ -286,10 +286,17 @@ def _into(view: Tensor, buffer: Tensor) -> None:
 def forward(family: str, K: int, x: Tensor, per_channel: bool, channel_dim: int, rows: Sequence[Tensor],
             consts: Sequence[float] = ()) -> Tensor:
     """F(x) by the family's C++ forward; ``rows`` in the order the .cpp's ``forward_block`` reads them."""
+    return forward_pass(f"{family}_forward", K, x, per_channel, channel_dim, consts, _rows(rows))
+
+
+def forward_pass(name: str, K: int, x: Tensor, per_channel: bool, channel_dim: int, consts: Sequence[float],
+                 *tensors: Tensor) -> Tensor:
+    """F(x) by the C++ forward ``name``, which reads x in walking order, writes F(x) and also takes ``tensors`` (its
+    coefficient rows, or the values it makes them from)."""
     kind = layout(x, per_channel, channel_dim)
     out, view, buffer = _output(x, kind, channel_dim)
-    _call(K, f"{family}_forward", kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim), buffer,
-          _rows(rows), _consts(consts))
+    _call(K, name, kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim), buffer, *tensors,
+          _consts(consts))
     _into(view, buffer)
     return out
 
@@ -299,7 +306,7 @@ def backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, ch
     """(dx, zeros unless ``need_x``; the float32 sums, ``[C, n_sums]`` per channel or ``[n_sums]`` shared) by the
     family's C++ backward: one pass over x and grad."""
     sums = torch.empty(*_channels(x, per_channel, channel_dim), n_sums, dtype=torch.float32)
-    dx = _backward_pass(f"{family}_backward", K, grad, x, per_channel, channel_dim, need_x, consts, sums, _rows(rows))
+    dx = backward_pass(f"{family}_backward", K, grad, x, per_channel, channel_dim, need_x, consts, sums, _rows(rows))
     return dx, sums
 
 
@@ -310,7 +317,7 @@ def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bo
     (``[M, C, K]`` or ``[M, K]``): :func:`breakpoints`, the pass and :func:`piece_sums` (group (m, j): max m's sums of g
     (j = 0) and of g x (j = 1), negated for the second max), without the torch calls between them."""
     out = torch.empty(groups, *_channels(x, per_channel, channel_dim), K, dtype=torch.float32)
-    dx = _backward_pass(f"{family}_backward_lines", K, grad, x, per_channel, channel_dim, need_x, consts, out,
+    dx = backward_pass(f"{family}_backward_lines", K, grad, x, per_channel, channel_dim, need_x, consts, out,
                         as_float32(slopes), as_float32(intercepts))
     return dx, out
 
@@ -320,10 +327,10 @@ def _channels(x: Tensor, per_channel: bool, channel_dim: int) -> tuple[int, ...]
     return (x.shape[channel_dim],) if per_channel else ()
 
 
-def _backward_pass(name: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, need_x: bool,
+def backward_pass(name: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, need_x: bool,
                    consts: Sequence[float], *tensors: Tensor) -> Tensor:
     """dx (zeros unless ``need_x``) by the C++ backward ``name``, which reads x and grad in walking order and also takes
-    ``tensors`` (its sums' output, then its coefficients): the C++ writes the sums."""
+    ``tensors`` (its outputs for the sums or gradients, then its coefficients or values): the C++ writes the outputs."""
     kind = layout(x, per_channel, channel_dim)
     dx, view, buffer = _output(x, kind, channel_dim, zeros=not need_x)  # the ops return a tensor either way
     _call(K, name, kind, _sizes(x, kind, per_channel, channel_dim), _walked(x, x, kind, channel_dim),
