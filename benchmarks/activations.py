@@ -15,8 +15,10 @@ and backward pays for page faults that a training loop (which reuses its buffers
 this script therefore re-executes itself, before importing torch, with
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 MALLOC_TOP_PAD_=1073741824``
 (freed blocks stay in the heap and are reused); it keeps a jemalloc/tcmalloc/mimalloc that ``LD_PRELOAD``
-already names, and ``--default-malloc`` runs with glibc's defaults. The output's first line says which
-allocator ran, with the page faults of one reused 64 MiB allocation as evidence.
+already names, and ``--default-malloc`` runs with glibc's defaults. With the tuned heap it first touches 32x
+the largest input's bytes of heap once (``prefault_heap``), so that no step pays for faulting in fresh heap that a
+training loop would already have. The output's first line says which allocator ran, with the page faults of one
+reused 64 MiB allocation as evidence, and the heap touched.
 
 CPU (default): time ratio and saved-for-backward-bytes ratio to nn.GELU, for ours (backend "auto",
 which is eager on CPU) and torchortho; GELU and the measured module take turns step by step. ``--compile``: ours and GELU both ``torch.compile``'d
@@ -127,10 +129,34 @@ def page_faults_of_reuse(mib: int = 64) -> int:
     return minor_faults() - before if before >= 0 else -1
 
 
-def allocator_line() -> str:
+def prefault_heap(nbytes: int) -> int:
+    """With glibc's heap tuned as above (nothing freed goes back to the kernel), touch ``nbytes`` of it once (at most
+    half the memory available) and free them, so that the steps' tensors reuse pages already faulted in, as a training
+    loop's do after its first steps. Without it each row's first steps fault in fresh heap, charged to whichever module
+    runs then: compiled GELU alone at 128x56x56x96 faulted 37,632 pages (one 154 MB tensor) in 8 of its first 9 steps,
+    at 2.5-4x its time, while the heap's high-water mark crept from 1.3 to 3.1 GB (then no faults). Returns the bytes
+    touched (0 with any other allocator)."""
+    if preloaded_allocator() or any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()):
+        return 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        nbytes = min(nbytes, available // 2)
+    except (OSError, StopIteration, ValueError):
+        pass
+    chunk = 2**26  # floats: 256 MiB blocks, below the 1 GiB mmap threshold, so they come from the heap
+    blocks = [torch.zeros(chunk) for _ in range(max(1, math.ceil(nbytes / (4 * chunk))))]
+    touched = 4 * chunk * len(blocks)
+    del blocks
+    return touched
+
+
+def allocator_line(prefault_bytes: int = 0) -> str:
+    touched = prefault_heap(prefault_bytes) if prefault_bytes else 0
     faults = page_faults_of_reuse()
     evidence = f"; one reused 64 MiB result: {faults} page faults (a fresh mmap: ~16384)" if faults >= 0 else ""
-    return f"allocator: {ALLOCATOR}{evidence}"
+    heap = f"; heap pre-touched: {touched / 2**30:.2f} GiB" if touched else ""
+    return f"allocator: {ALLOCATOR}{evidence}{heap}"
 
 
 CASES = [("hermite", 3), ("hermite", 8), ("fourier", 4), ("fourier", 5), ("tropical", 3), ("tropical", 5), ("tropical_rational", 6)]
@@ -152,13 +178,16 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
 def step_times(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 1) -> list[float]:
     """Median seconds of one forward + backward (CPU) for each module, after ``warmup`` untimed steps.
-    The modules take turns, one step each per round, so drift on a shared machine hits all alike."""
+    The modules take turns, one step each per round, so drift on a shared machine hits all alike. Each step starts
+    with no gradients, untimed, as a training step does after ``zero_grad`` (and as :func:`cuda_step_time`): the
+    backward then hands each parameter its gradient instead of adding it in."""
     grad = torch.ones_like(x)
     times: list[list[float]] = [[] for _ in modules]
     faults = 0
     for i in range(repeats + warmup):
         for module, timings in zip(modules, times):
             x.grad = None
+            module.zero_grad(set_to_none=True)
             before = minor_faults()
             start = time.perf_counter()
             module(x).backward(grad)
@@ -502,7 +531,10 @@ def main() -> None:
     if args.layouts and args.device != "cpu":
         parser.error("--layouts is a CPU table (on a GPU: benchmarks/gpu_check.sh)")
     torch.manual_seed(0)
-    print(allocator_line(), flush=True)
+    largest = (max(math.prod(shape) for _, shape, _ in layout_rows(args.scale or 1.0)) if args.layouts
+               else math.prod(parse_shape(args.shape) if args.shape else (args.numel,)))
+    # the heap the steps will reuse: x, its gradient and each module's output and dx, several rows' worth
+    print(allocator_line(0 if args.device == "cuda" or args.dry_run else 32 * 4 * largest), flush=True)
     if args.device == "cuda":
         args.repeats = 1 if args.dry_run else args.repeats or 20
         cuda_table(args, parse_shape(args.shape or "12288x3072"))

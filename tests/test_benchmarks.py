@@ -22,9 +22,10 @@ def load(name: str):
     return module
 
 
-def bench(tmp_path: Path, *args: str, timeout: float = 300) -> tuple[Launched, str]:
-    """``python <args>`` from the repository root (tests/launch.py); the process and its whole output."""
-    result = run(python(*args), ROOT, timeout, tag="bench", log_dir=tmp_path)
+def bench(tmp_path: Path, *args: str, timeout: float = 300, **env: str) -> tuple[Launched, str]:
+    """``python <args>`` from the repository root (tests/launch.py), ``env`` added to its environment; the process
+    and its whole output."""
+    result = run(python(*args), ROOT, timeout, tag="bench", log_dir=tmp_path, **env)
     return result, result.output(tail=None)
 
 
@@ -91,6 +92,39 @@ def test_allocator_choice():
     # someone else's settings are respected and reported
     text, env = choose(["activations.py"], {"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert env is None and "65536" in text
+
+
+_PREFAULT_PROBE = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+MIB64 = 2**24  # floats
+
+def faults_of(count):  # count 64 MiB tensors live at once, each written
+    before = bench.minor_faults()
+    blocks = [torch.ones(MIB64) for _ in range(count)]
+    faults = bench.minor_faults() - before
+    del blocks
+    return faults
+
+fresh = faults_of(4)  # 256 MiB of fresh heap
+touched = bench.prefault_heap(2**30)
+print(fresh, touched, faults_of(12))  # 768 MiB: 512 of them beyond what the first call touched
+"""
+
+
+def test_prefault_heap_leaves_the_steps_no_fresh_heap_to_fault(tmp_path):
+    """With the tuned glibc heap, memory touched once is reused without page faults: after prefault_heap(1 GiB),
+    three times the heap an earlier burst touched is allocated and written with (almost) no faults, where the fresh
+    burst faulted one page per 4 KiB."""
+    activations = load("activations")
+    result, out = bench(tmp_path, "-c", _PREFAULT_PROBE, BENCH / "activations.py", **activations.MALLOC_TUNING)
+    assert result.ok, out
+    fresh, touched, after = (int(v) for v in out.strip().splitlines()[-1].split())
+    assert fresh > 0.8 * 4 * 2**26 / 4096, out  # 65,536 pages: the probe sees fresh heap being faulted in
+    assert touched >= 2**30
+    assert after < 0.02 * 12 * 2**26 / 4096, out  # 196,608 pages without the prefault's
 
 
 def test_layouts_dry_run(tmp_path):
