@@ -318,7 +318,7 @@ def lines_backward(family: str, K: int, grad: Tensor, x: Tensor, per_channel: bo
     (j = 0) and of g x (j = 1), negated for the second max), without the torch calls between them."""
     out = torch.empty(groups, *_channels(x, per_channel, channel_dim), K, dtype=torch.float32)
     dx = backward_pass(f"{family}_backward_lines", K, grad, x, per_channel, channel_dim, need_x, consts, out,
-                        as_float32(slopes), as_float32(intercepts))
+                       as_float32(slopes), as_float32(intercepts))
     return dx, out
 
 
@@ -328,7 +328,7 @@ def _channels(x: Tensor, per_channel: bool, channel_dim: int) -> tuple[int, ...]
 
 
 def backward_pass(name: str, K: int, grad: Tensor, x: Tensor, per_channel: bool, channel_dim: int, need_x: bool,
-                   consts: Sequence[float], *tensors: Tensor) -> Tensor:
+                  consts: Sequence[float], *tensors: Tensor) -> Tensor:
     """dx (zeros unless ``need_x``) by the C++ backward ``name``, which reads x and grad in walking order and also takes
     ``tensors`` (its outputs for the sums or gradients, then its coefficients or values): the C++ writes the outputs."""
     kind = layout(x, per_channel, channel_dim)
