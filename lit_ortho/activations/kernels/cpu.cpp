@@ -815,7 +815,7 @@ static void lines_backward(const float *slopes, const float *intercepts, long C,
 // 1 + 2K + k); C = 1 for shared values.
 extern "C" void fourier_rows(const float *bias, const float *w, const float *phi, const float *c, long C,
                              const float *scales, long backward, float *rows) {
-    const int n = backward ? 1 + 4 * K : 1 + 3 * K;
+    const int n = backward ? Fourier::BACKWARD_ROWS : Fourier::FORWARD_ROWS;
     for (long ch = 0; ch < C; ++ch) {
         float *row = rows + ch * n;
         const float *wc = w + ch * K, *pc = phi + ch * K, *cc = c + ch * K;
@@ -829,11 +829,11 @@ extern "C" void fourier_rows(const float *bias, const float *w, const float *phi
     }
 }
 
-// sums: [C, 1 + 3K] (g, then per term g cos z, g sin z, g x sin z); rows: the backward's; out: each value's gradient.
+// sums: [C, SUMS] (g, then per term g cos z, g sin z, g x sin z); rows: the backward's; out: each value's gradient.
 extern "C" void fourier_gradients(const float *sums, const float *rows, long C, const float *scales, float *bias,
                                   float *amplitudes, float *phases, float *frequencies) {
     for (long ch = 0; ch < C; ++ch) {
-        const float *s = sums + ch * (1 + 3 * K), *weight = rows + ch * (1 + 4 * K) + 1 + 2 * K;  // c_k / k!
+        const float *s = sums + ch * Fourier::SUMS, *weight = rows + ch * Fourier::BACKWARD_ROWS + 1 + 2 * K;  // c_k / k!
         bias[ch] = s[0];
         for (int k = 0; k < K; ++k) {
             amplitudes[ch * K + k] = s[1 + 3 * k] * scales[1 + 2 * K + k];
