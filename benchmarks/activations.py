@@ -387,6 +387,11 @@ LAYOUT_FAMILIES = [("hermite", 3), ("fourier", 5), ("tropical", 5), ("tropical_r
 DRY_RUN_SCALE = 1 / 4096
 
 
+def layout_scale(args) -> float:
+    """--scale, else the dry run's tiny one, else 1."""
+    return args.scale if args.scale is not None else (DRY_RUN_SCALE if args.dry_run else 1.0)
+
+
 def scaled(shape: tuple[int, ...], scale: float) -> tuple[int, ...]:
     """``shape`` with its first dimension multiplied by ``scale`` (at least 1)."""
     return (max(1, round(shape[0] * scale)),) + tuple(shape[1:])
@@ -424,7 +429,7 @@ def layouts_table(args) -> list[str]:
     can slow one cell several-fold for a while (seen here: 10x, with page faults), which one pass would record."""
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or "float32")
-    scale = args.scale if args.scale is not None else (DRY_RUN_SCALE if args.dry_run else 1.0)
+    scale = layout_scale(args)
     families = [(f, int(d)) for f, _, d in (c.partition(":") for c in args.families.split(","))]
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else (["compile"] if args.compile else ["eager"])
     repeats, warmup = (1, 0) if args.dry_run else (args.repeats, 1)
@@ -531,7 +536,7 @@ def main() -> None:
     if args.layouts and args.device != "cpu":
         parser.error("--layouts is a CPU table (on a GPU: benchmarks/gpu_check.sh)")
     torch.manual_seed(0)
-    largest = (max(math.prod(shape) for _, shape, _ in layout_rows(args.scale or 1.0)) if args.layouts
+    largest = (max(math.prod(shape) for _, shape, _ in layout_rows(layout_scale(args))) if args.layouts
                else math.prod(parse_shape(args.shape) if args.shape else (args.numel,)))
     # the heap the steps will reuse: x, its gradient and each module's output and dx, several rows' worth
     print(allocator_line(0 if args.device == "cuda" or args.dry_run else 32 * 4 * largest), flush=True)
