@@ -81,9 +81,16 @@ def test_allocator_choice():
     # after the re-exec: say so, no second re-exec
     text, env = choose(["activations.py"], {**tuned, activations._REEXEC_MARK: "1"})
     assert env is None and "MALLOC_MMAP_THRESHOLD_=1073741824" in text
-    # a preloaded allocator is kept
-    text, env = choose(["activations.py"], {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
-    assert env is None and "jemalloc" in text
+    # a preloaded allocator is kept; jemalloc with its purging of large allocations turned off, unless set
+    jemalloc = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}
+    text, env = choose(["activations.py"], jemalloc)
+    assert env == {**jemalloc, "MALLOC_CONF": activations.JEMALLOC_CONF}
+    text, env = choose(["activations.py"], env)
+    assert env is None and "jemalloc" in text and activations.JEMALLOC_CONF in text
+    text, env = choose(["activations.py"], {**jemalloc, "MALLOC_CONF": "narenas:2"})
+    assert env is None and "narenas:2" in text
+    text, env = choose(["activations.py"], {"LD_PRELOAD": "/opt/libtcmalloc_minimal.so.4"})
+    assert env is None and "tcmalloc" in text
     # --default-malloc: glibc's defaults, inherited settings dropped first
     text, env = choose(["activations.py", "--default-malloc"], {})
     assert env is None and "default" in text
