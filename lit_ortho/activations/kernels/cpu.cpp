@@ -205,7 +205,7 @@ struct Hermite {
 // ---- Fourier: F = a_0 + sum_k (c_k / k!) cos(z_k), z_k = w_k x - phi_k -------------------------------------
 // Forward rows: bias, w/pi [K], -phi/pi [K], c/k! [K] (z in half turns); consts: fourier.py's 5 sine and 5 cosine
 // coefficients (the cosine's used). Backward rows: bias, 2w/pi [K], -2phi/pi [K], c/k! [K], -(c/k!) w [K] (z in
-// quarter turns); consts: fourier.py's QUARTER_ 4 sine and 4 cosine coefficients; sums: g, then per term g cos,
+// quarter turns); consts: fourier.py's QUARTER_ 3 sine and 4 cosine coefficients; sums: g, then per term g cos,
 // g sin, g x sin. Term by term over the block's rows, so that only one term's coefficients and sums are live at a
 // time (all of them at once spill).
 constexpr float ROUNDER = 12582912.0f;  // 1.5 * 2^23: u + ROUNDER - ROUNDER rounds u to an integer
@@ -238,7 +238,7 @@ static inline void rotate_quarters(vf k, vf s, vf c, vf &sin_v, vf &cos_v) {
 }
 template <class V> static inline void sincos_quarter(V v, const float *poly, V &sin_v, V &cos_v) {
     const V k = v + ROUNDER, f = v - (k - ROUNDER), t = f * f;
-    rotate_quarters(k, f * horner(t, poly, 4), horner(t, poly + 4, 4), sin_v, cos_v);
+    rotate_quarters(k, f * horner(t, poly, 3), horner(t, poly + 3, 4), sin_v, cos_v);
 }
 
 struct Fourier {
