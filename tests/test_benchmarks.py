@@ -1,12 +1,15 @@
 """The benchmark scripts run: the roofline's byte counts, the allocator choice and --layouts of
 benchmarks/activations.py, and benchmarks/gpu_check.sh --dry-run end to end on CPU."""
 
+import ctypes
 import importlib.util
 import json
+import mmap
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from launch import Launched, python, run
 
@@ -132,6 +135,40 @@ def test_prefault_heap_leaves_the_steps_no_fresh_heap_to_fault(tmp_path):
     assert fresh > 0.8 * 4 * 2**26 / 4096, out  # 65,536 pages: the probe sees fresh heap being faulted in
     assert touched >= 2**30
     assert after < 0.02 * 12 * 2**26 / 4096, out  # 196,608 pages without the prefault's
+
+
+class _FaultsInCalls(torch.nn.Module):
+    """x * w; the calls numbered in ``faulting`` first write 64 MiB of fresh anonymous memory (16,384 page faults),
+    as a step that grows the heap does."""
+
+    def __init__(self, faulting):
+        super().__init__()
+        self.weight, self.faulting, self.calls = torch.nn.Parameter(torch.ones(())), faulting, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls in self.faulting:
+            with mmap.mmap(-1, 64 << 20) as fresh:
+                ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(fresh)), 1, 64 << 20)
+        return x * self.weight
+
+
+def test_step_times_runs_a_step_that_grew_the_heap_again():
+    """With redo_heap_growth, a timed step that faulted a heap growth's worth of pages is run again and the rerun
+    timed; without it, the faulting step is kept. A module that faults at every call is rerun at most n times."""
+    activations = load("activations")
+    x = torch.ones(8, requires_grad=True)
+    module = _FaultsInCalls({2})  # call 1: warm-up, call 2: the timed step
+    activations.step_times([module], x, repeats=1, warmup=1)
+    assert activations.LAST_REDONE_STEPS[0] == 0 and activations.LAST_FAULTS_PER_STEP[0] >= 16384
+    module = _FaultsInCalls({2})
+    activations.step_times([module], x, repeats=1, warmup=1, redo_heap_growth=2)
+    assert activations.LAST_REDONE_STEPS[0] == 1 and module.calls == 3
+    assert activations.LAST_FAULTS_PER_STEP[0] < activations.HEAP_GROWTH_PAGES
+    module = _FaultsInCalls(set(range(1, 10)))
+    activations.step_times([module], x, repeats=1, warmup=1, redo_heap_growth=2)
+    assert activations.LAST_REDONE_STEPS[0] == 2 and module.calls == 4
+    assert activations.LAST_FAULTS_PER_STEP[0] >= 16384  # the last attempt's, kept
 
 
 def test_layouts_dry_run(tmp_path):
