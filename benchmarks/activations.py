@@ -19,7 +19,8 @@ already names (jemalloc with ``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1``
 default it gives large allocations' pages back at once), and ``--default-malloc`` runs with glibc's defaults. The
 tuned glibc heap fragments in a long table: in the NHWC rows (154 MB tensors) the heap grew 5.9 -> 12 GB, a GiB at a
 time inside GELU's backward, with a tensor's worth of page faults each time; jemalloc so set keeps those rows free of
-faults. With the tuned heap it first touches 32x
+faults. With the tuned heap, ``--layouts`` therefore runs a timed step again when it faulted a heap growth's worth of
+pages (``step_times``' ``redo_heap_growth``) and counts those steps on its last line. With the tuned heap it first touches 32x
 the largest input's bytes of heap once (``prefault_heap``), so that no step pays for faulting in fresh heap that a
 training loop would already have. The output's first line says which allocator ran, with the page faults of one
 reused 64 MiB allocation as evidence, and the heap touched.
