@@ -149,6 +149,8 @@ class _FaultsInCalls(torch.nn.Module):
         self.calls += 1
         if self.calls in self.faulting:
             with mmap.mmap(-1, 64 << 20) as fresh:
+                if hasattr(mmap, "MADV_NOHUGEPAGE"):  # 4 KiB pages where transparent huge pages are "always"
+                    fresh.madvise(mmap.MADV_NOHUGEPAGE)
                 ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(fresh)), 1, 64 << 20)
         return x * self.weight
 
