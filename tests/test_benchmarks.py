@@ -105,7 +105,10 @@ def test_allocator_choice():
 
 
 _PREFAULT_PROBE = """
-import importlib.util, sys, torch
+import ctypes, importlib.util, sys, torch
+prctl = getattr(ctypes.CDLL(None), "prctl", None)
+if prctl:  # PR_SET_THP_DISABLE: 4 KiB pages, where transparent huge pages are "always" too
+    prctl(41, 1, 0, 0, 0)
 spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
