@@ -16,14 +16,14 @@ this script therefore re-executes itself, before importing torch, with
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=10737418240 MALLOC_TOP_PAD_=1073741824``
 (freed blocks stay in the heap and are reused); it keeps a jemalloc/tcmalloc/mimalloc that ``LD_PRELOAD``
 already names (jemalloc with ``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1`` unless ``MALLOC_CONF`` is set: by
-default it gives large allocations' pages back at once), and ``--default-malloc`` runs with glibc's defaults. The
-tuned glibc heap fragments in a long table: in the NHWC rows (154 MB tensors) the heap grew 5.9 -> 12 GB, a GiB at a
-time inside GELU's backward, with a tensor's worth of page faults each time; jemalloc so set keeps those rows free of
-faults. With the tuned heap, ``--layouts`` therefore runs a timed step again when it faulted a heap growth's worth of
-pages (``step_times``' ``redo_heap_growth``) and counts those steps on its last line. With the tuned heap it first touches 32x
-the largest input's bytes of heap once (``prefault_heap``), so that no step pays for faulting in fresh heap that a
-training loop would already have. The output's first line says which allocator ran, with the page faults of one
-reused 64 MiB allocation as evidence, and the heap touched.
+default it gives large allocations' pages back at once), and ``--default-malloc`` runs with glibc's defaults. With
+the tuned heap it first touches 32x the largest input's bytes of heap once (``prefault_heap``), so that no step pays
+for faulting in fresh heap that a training loop would already have. Even so that heap fragments in a long table: in
+the NHWC rows (154 MB tensors) it grew 5.9 -> 12 GB, a GiB at a time inside GELU's backward, with a tensor's worth of
+page faults each time. So ``--layouts`` runs a timed step again when it faulted a heap growth's worth of pages
+(``step_times``' ``redo_heap_growth``) and counts those steps on its last line; jemalloc set as above does not fault
+there. The output's first line says which allocator ran, with the page faults of one reused 64 MiB allocation as
+evidence, and the heap touched.
 
 CPU (default): time ratio and saved-for-backward-bytes ratio to nn.GELU, for ours (backend "auto",
 which is eager on CPU) and torchortho; GELU and the measured module take turns step by step. ``--compile``: ours and GELU both ``torch.compile``'d
@@ -207,14 +207,15 @@ def step_times(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: 
     faults = redone = 0
     for i in range(repeats + warmup):
         for module, timings in zip(modules, times):
-            for attempt in range(1 + (redo_heap_growth if i >= warmup else 0)):
+            attempts = 1 + (redo_heap_growth if i >= warmup else 0)
+            for attempt in range(attempts):
                 x.grad = None
                 module.zero_grad(set_to_none=True)
                 before = minor_faults()
                 start = time.perf_counter()
                 module(x).backward(grad)
                 elapsed, faulted = time.perf_counter() - start, minor_faults() - before
-                if faulted < HEAP_GROWTH_PAGES or attempt == redo_heap_growth or i < warmup:
+                if faulted < HEAP_GROWTH_PAGES or attempt == attempts - 1:
                     break
                 redone += 1
             if i >= warmup:
