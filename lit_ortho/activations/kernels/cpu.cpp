@@ -498,8 +498,9 @@ static inline void backward_tile(const float *x, const float *g, float *dx, floa
         if constexpr (F::PREFETCH_NEXT_VECTOR && !PANEL) {
             for (int r = 0; r < B; ++r) {  // past the tile's end: the next vector of channels' first rows, if `next`
                 long row = r0 + PREFETCH + r, at = 0;
-                if (row >= nr) row -= nr, at = next;
-                if (row < nr && (at == 0 || next)) {
+                const bool past = row >= nr;
+                if (past) row -= nr, at = next;
+                if (row < nr && (!past || next)) {
                     at += row * C;
                     __builtin_prefetch(x + at);
                     __builtin_prefetch(g + at);
