@@ -45,7 +45,8 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // backward (F::PREFETCH_NEXT_VECTOR) they go on past the tile's last row into the next vector of channels' first rows,
 // so that its walk does not begin with PREFETCH rows of misses: 12288 x 3072 per channel 18.2 -> 17.3 ms,
 // 4096 x 1536 2.87 -> 2.78 ms (two builds alternated in one process, twice; the same bits). The cheaper backwards lost
-// by it at C = 1536 (Hermite-3 1.53 -> 1.64 ms, Tropical-rational-6 1.85 -> 2.05 ms), and so did Fourier's forward.
+// by it at C = 1536 (Hermite-3 1.53 -> 1.64 ms, Tropical-rational-6 1.85 -> 2.05 ms), even as an untaken branch on a
+// runtime flag (hence a compile-time member), and Fourier's forward did not gain.
 //
 // Even so, a walk down rows 12 KiB apart (C = 3072) reads memory at about half the rate of a sequential one, and the
 // cheap walks are then bound by it. From C = F::FORWARD_PANEL_C (F::BACKWARD_PANEL_C for the backward; Hermite and
