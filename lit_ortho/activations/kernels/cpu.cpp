@@ -189,6 +189,7 @@ struct Hermite {
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
     static constexpr bool PREFETCH_NEXT_VECTOR = false;
+    static constexpr long ROW_PREFETCH = 0;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool) {
         for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
     }
@@ -258,6 +259,7 @@ struct Fourier {
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = 1024, BACKWARD_PANEL_C = NO_PANELS;
     static constexpr bool PREFETCH_NEXT_VECTOR = true;
+    static constexpr long ROW_PREFETCH = 512;  // floats ahead in the walk in memory order (row_segment)
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly, bool) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
@@ -328,6 +330,7 @@ template <bool PLAIN, class V> static inline void max_of_lines(const V *x, V *be
 template <int M, bool GX> struct Pieces {
     static constexpr int H = B;
     static constexpr bool PREFETCH_NEXT_VECTOR = false;
+    static constexpr long ROW_PREFETCH = 0;
     static constexpr int MAXES = M, GROUPS = M * (GX ? 2 : 1);  // groups of K sums: per max g, then g x if GX
     static constexpr int BACKWARD_ROWS = M * (2 * K - 1), SUMS = GROUPS * K;
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *consts) {
@@ -632,9 +635,16 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 // one channel, then the next), so that the sums stay in registers across rows: flushed row by row, its time on NCHW
 // 256x160x16x16 (rows of 256) was 6.7 ms against 4.4 ms. Such rows are too short for the hardware prefetchers to
 // follow from one to the next, so the channel's row AHEAD rows on is prefetched (1 row ahead: 4.6 ms, 2: 3.9 ms).
-// Everything else, the forward included (it has no sums: 3.0 -> 2.6 ms there), goes in memory order. Rows are cut
-// into segments of SEGMENT elements so that every thread gets work; a segment's last block is zero-padded (x = 0 and
-// g = 0 add nothing to a sum). Shared coefficients are the case O = C = 1.
+// Everything else, the forward included (it has no sums: 3.0 -> 2.6 ms there), goes in memory order, where the
+// hardware prefetchers keep the lines coming. Fourier's walk also prefetches F::ROW_PREFETCH floats ahead itself: its
+// arithmetic per line is long, so the out-of-order window reaches only a few lines ahead, and for the minutes in which
+// this VM's memory was slower (a 151 MB copy 1.7x slower, compiled GELU 1.35x) its walk slowed 2x where the prefetched
+// column walks slowed like GELU. Fourier-5 at 6.3 M elements shared, forward + backward: 7.0-10.7 -> 4.6-5.6 ms in
+// such minutes (two builds alternated in one process, three processes); on a quiet host 3.59 ms both. The memory-bound
+// families lose by it on a quiet host (Hermite-3's forward on NHWC's dim 1 8.0-8.5 -> 8.7-9.6 ms), and so does
+// Fourier's backward with 4 KiB ahead (0-10 %). Rows are cut into segments of SEGMENT elements so that every thread
+// gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are the
+// case O = C = 1.
 constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096, AHEAD = 2;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
@@ -643,6 +653,13 @@ static inline void row_segment(const float *x, const float *g, float *out, long 
     for (long i = 0; i < len; i += B * W) {
         vf xb[B], gb[B], ob[B];
         const long n = std::min<long>(B * W, len - i);
+        if constexpr (F::ROW_PREFETCH > 0)
+            if (i + F::ROW_PREFETCH + B * W <= len)
+                for (int r = 0; r < B; ++r) {
+                    __builtin_prefetch(x + i + F::ROW_PREFETCH + r * W);
+                    if (BACKWARD) __builtin_prefetch(g + i + F::ROW_PREFETCH + r * W);
+                    if (out && !streaming) __builtin_prefetch(out + i + F::ROW_PREFETCH + r * W, 1);
+                }
         if (n == B * W) {
             for (int r = 0; r < B; ++r) xb[r] = load(x + i + r * W, vf{});
             if (BACKWARD)
