@@ -635,26 +635,27 @@ static void backward(const float *x, const float *g, float *dx, float *sums, con
 // one channel, then the next), so that the sums stay in registers across rows: flushed row by row, its time on NCHW
 // 256x160x16x16 (rows of 256) was 6.7 ms against 4.4 ms. Such rows are too short for the hardware prefetchers to
 // follow from one to the next, so the channel's row AHEAD rows on is prefetched (1 row ahead: 4.6 ms, 2: 3.9 ms).
-// Everything else, the forward included (it has no sums: 3.0 -> 2.6 ms there), goes in memory order, where the
-// hardware prefetchers keep the lines coming. Fourier's walk also prefetches F::ROW_PREFETCH floats ahead itself: its
-// arithmetic per line is long, so the out-of-order window reaches only a few lines ahead, and for the minutes in which
-// this VM's memory was slower (a 151 MB copy 1.7x slower, compiled GELU 1.35x) its walk slowed 2x where the prefetched
-// column walks slowed like GELU. Fourier-5 at 6.3 M elements shared, forward + backward: 7.0-10.7 -> 4.6-5.6 ms in
-// such minutes (two builds alternated in one process, three processes); on a quiet host 3.59 ms both. The memory-bound
-// families lose by it on a quiet host (Hermite-3's forward on NHWC's dim 1 8.0-8.5 -> 8.7-9.6 ms), and so does
-// Fourier's backward with 4 KiB ahead (0-10 %). Rows are cut into segments of SEGMENT elements so that every thread
-// gets work; a segment's last block is zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are the
-// case O = C = 1.
+// Everything else, the forward included (it has no sums: 3.0 -> 2.6 ms there), goes in memory order, where the hardware
+// prefetchers keep the lines coming. Fourier's walk also prefetches F::ROW_PREFETCH floats ahead itself (on across
+// segments and rows to the end of the thread's part; not in the walk channel by channel, whose next row lies elsewhere,
+// AHEAD rows on): its arithmetic per line is long, so the out-of-order window reaches only a few lines ahead, and for
+// the minutes in which this VM's memory was slower (a 151 MB copy 1.7x slower, compiled GELU 1.35x) its walk slowed 2x
+// where the prefetched column walks slowed like GELU. Fourier-5 at 6.3 M elements shared, forward + backward: 7.0-10.7
+// -> 4.6-5.6 ms in such minutes (two builds alternated in one process, three processes); on a quiet host 3.6 ms both,
+// and NCHW's dim 1 forward (rows of 256) 2.3-2.5 -> 2.1-2.3 ms. The memory-bound families lose by it on a quiet host
+// (Hermite-3's forward on NHWC's dim 1 8.0-8.5 -> 8.7-9.6 ms), and so does Fourier's backward with 4 KiB ahead (by up
+// to 10 %). Rows are cut into segments of SEGMENT elements so that every thread gets work; a segment's last block is
+// zero-padded (x = 0 and g = 0 add nothing to a sum). Shared coefficients are the case O = C = 1.
 constexpr long SEGMENT = 1L << 15, SHORT_ROW = 4096, AHEAD = 2;
 
 template <class F, bool BACKWARD, int ROWS, int SUMS>
-static inline void row_segment(const float *x, const float *g, float *out, long len, const vf *a, vf *s,
+static inline void row_segment(const float *x, const float *g, float *out, long len, long reach, const vf *a, vf *s,
                                const float *consts, bool rows_finite, bool streaming) {
     for (long i = 0; i < len; i += B * W) {
         vf xb[B], gb[B], ob[B];
         const long n = std::min<long>(B * W, len - i);
         if constexpr (F::ROW_PREFETCH > 0)
-            if (i + F::ROW_PREFETCH + B * W <= len)
+            if (i + F::ROW_PREFETCH + B * W <= reach)
                 for (int r = 0; r < B; ++r) {
                     __builtin_prefetch(x + i + F::ROW_PREFETCH + r * W);
                     if (BACKWARD) __builtin_prefetch(g + i + F::ROW_PREFETCH + r * W);
@@ -705,7 +706,9 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                 for (int j = 0; j < SUMS; ++j)
                     acc[channel * SUMS + j] = saturated_sum(acc[channel * SUMS + j], lane_total(s[j]));
         };
-        for (long w = work * t / nt, w1 = work * (t + 1) / nt; w < w1; ++w) {
+        const long w0 = work * t / nt, w1 = work * (t + 1) / nt;
+        const long stop = (w1 / segments) * I + (w1 % segments) * SEGMENT;  // walked in memory order: its part's end
+        for (long w = w0; w < w1; ++w) {
             const long row = w / segments, start = (w % segments) * SEGMENT;
             const long o = by_channel ? row % O : row / C, c = by_channel ? row / O : row % C;
             if (c != channel) {
@@ -728,8 +731,9 @@ static void rows_pass(const float *x, const float *g, float *out, float *sums, c
                     if (BACKWARD) __builtin_prefetch(g + off + AHEAD * C * I + i);
                     if (out && !streaming) __builtin_prefetch(out + off + AHEAD * C * I + i, 1);
                 }
+            const long len = std::min(SEGMENT, I - start), reach = by_channel ? len : stop - off;
             row_segment<F, BACKWARD, ROWS, SUMS>(x + off, BACKWARD ? g + off : nullptr, out ? out + off : nullptr,
-                                                 std::min(SEGMENT, I - start), a, s, consts, rows_finite,
+                                                 len, reach, a, s, consts, rows_finite,
                                                  streaming && reinterpret_cast<std::uintptr_t>(out + off) % sizeof(vf) == 0);
         }
         flush();
