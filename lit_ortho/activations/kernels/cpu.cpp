@@ -59,6 +59,11 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // 18-21 ms; tall tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and Tropical),
 // as do small C (Tropical-6's backward at C = 96: 12 -> 24 ms; Fourier-5's forward at C = 96: 8.3 -> 9.1 ms;
 // Tropical-rational-7's forward at C = 1536: 1.15 -> 1.49 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// A panel's rows are B streams, which the hardware prefetchers follow; Hermite's panels also prefetch the lines
+// F::PANEL_PREFETCH vectors of channels on in each row (Hermite-3 at 12288 x 3072, quiet host: forward 6.2-6.4 -> 5.1
+// ms, backward 7.0-7.1 -> 6.2 ms; in a slower minute 9.5 -> 9.0 and 11.1 -> 10.3 ms; 6144 x 2048 and 4096 x 1536 the
+// same or faster). Fourier's forward lost by it (4096 x 1536: 1.23-1.39 -> 1.30-1.44 ms), and so did the tropical
+// forwards (Tropical-5 at 12288 x 3072: 6.3 -> 8.4 ms).
 constexpr long TILE_ELEMENTS = 1L << 20, PREFETCH = 16;
 constexpr int B = 8;  // rows a family's block function works on at once (its loops unroll over them; 4 and 16: slower)
 constexpr long NO_PANELS = LONG_MAX;
@@ -189,7 +194,7 @@ struct Hermite {
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
     static constexpr bool PREFETCH_NEXT_VECTOR = false;
-    static constexpr long ROW_PREFETCH = 0;
+    static constexpr long ROW_PREFETCH = 0, PANEL_PREFETCH = 4;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool) {
         for (int r = 0; r < B; ++r) y[r] = clenshaw<K>(x[r], a);
     }
@@ -259,7 +264,7 @@ struct Fourier {
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
     static constexpr long FORWARD_PANEL_C = 1024, BACKWARD_PANEL_C = NO_PANELS;
     static constexpr bool PREFETCH_NEXT_VECTOR = true;
-    static constexpr long ROW_PREFETCH = 512;  // floats ahead in the walk in memory order (row_segment)
+    static constexpr long ROW_PREFETCH = 512, PANEL_PREFETCH = 0;  // see row_segment's note and TILE_ELEMENTS'
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *poly, bool) {
         for (int r = 0; r < B; ++r) y[r] = a[0];
         for (int k = 0; k < K; ++k) {
@@ -330,7 +335,7 @@ template <bool PLAIN, class V> static inline void max_of_lines(const V *x, V *be
 template <int M, bool GX> struct Pieces {
     static constexpr int H = B;
     static constexpr bool PREFETCH_NEXT_VECTOR = false;
-    static constexpr long ROW_PREFETCH = 0;
+    static constexpr long ROW_PREFETCH = 0, PANEL_PREFETCH = 0;
     static constexpr int MAXES = M, GROUPS = M * (GX ? 2 : 1);  // groups of K sums: per max g, then g x if GX
     static constexpr int BACKWARD_ROWS = M * (2 * K - 1), SUMS = GROUPS * K;
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *consts) {
@@ -480,7 +485,12 @@ static inline void forward_tile(const float *x, float *y, const float *coefficie
     const V *a = tile_coefficients<V, F::FORWARD_ROWS, PANEL>(coefficients, step, copy);
     for (long r0 = 0; r0 < nr; r0 += B) {
         V xb[B], yb[B];
-        if (r0 + PREFETCH + B <= nr)
+        if constexpr (PANEL && F::PANEL_PREFETCH > 0) {
+            for (int r = 0; r < B; ++r) {
+                __builtin_prefetch(x + r * C + F::PANEL_PREFETCH * W);
+                if (!streaming) __builtin_prefetch(y + r * C + F::PANEL_PREFETCH * W, 1);
+            }
+        } else if (r0 + PREFETCH + B <= nr)
             for (int r = 0; r < B; ++r) {
                 __builtin_prefetch(x + (r0 + PREFETCH + r) * C);
                 __builtin_prefetch(y + (r0 + PREFETCH + r) * C, 1);
@@ -499,7 +509,13 @@ static inline void backward_tile(const float *x, const float *g, float *dx, floa
     V s[F::SUMS] = {};
     for (long r0 = 0; r0 < nr; r0 += B) {
         V xb[B], gb[B], db[B];
-        if constexpr (F::PREFETCH_NEXT_VECTOR && !PANEL) {
+        if constexpr (PANEL && F::PANEL_PREFETCH > 0) {
+            for (int r = 0; r < B; ++r) {
+                __builtin_prefetch(x + r * C + F::PANEL_PREFETCH * W);
+                __builtin_prefetch(g + r * C + F::PANEL_PREFETCH * W);
+                if (dx && !streaming) __builtin_prefetch(dx + r * C + F::PANEL_PREFETCH * W, 1);
+            }
+        } else if constexpr (F::PREFETCH_NEXT_VECTOR && !PANEL) {
             for (int r = 0; r < B; ++r) {  // past the tile's end: the next vector of channels' first rows, if `next`
                 long row = r0 + PREFETCH + r, at = 0;
                 const bool past = row >= nr;
