@@ -232,9 +232,8 @@ template <class V> static inline V cos_pi(V u, const float *poly) {
     const V k = u + ROUNDER, f = u - (k - ROUNDER);
     return flip_if_odd(horner(f * f, poly + 5, 5), k);
 }
-// sin and cos of (pi / 2) v: v = j + f, f in [-1/2, 1/2] (exact for |v| < 2^22); j mod 4, in the low bits of k,
-// rotates (s, c) = the sine and cosine of (pi / 2) f: an odd j swaps them, the sine is negated for j = 2, 3 (mod 4) and
-// the cosine for j = 1, 2.
+// sin and cos of (pi / 2) v, v = j + f (reduce_turns): j mod 4, in the low bits of k, rotates (s, c) = the sine and
+// cosine of (pi / 2) f: an odd j swaps them, the sine is negated for j = 2, 3 (mod 4) and the cosine for j = 1, 2.
 static inline void rotate_quarters(float k, float s, float c, float &sin_v, float &cos_v) {
     unsigned bits;
     std::memcpy(&bits, &k, 4);
@@ -248,17 +247,19 @@ static inline void rotate_quarters(vf k, vf s, vf c, vf &sin_v, vf &cos_v) {
     sin_v = (vf)((vu)(swap ? c : s) ^ second);
     cos_v = (vf)((vu)(swap ? s : c) ^ (second ^ odd));
 }
-template <class V> static inline void sincos_quarter(V v, const float *poly, V &sin_v, V &cos_v) {
-    const V k = v + ROUNDER, f = v - (k - ROUNDER), t = f * f;
-    rotate_quarters(k, f * horner(t, poly, 3), horner(t, poly + 3, 4), sin_v, cos_v);
+// v = j + f with f in [-1/2, 1/2] (exact for |v| < 2^22): k holds j in its low bits, t = f^2.
+template <class V> static inline void reduce_turns(V v, V &k, V &f, V &t) {
+    k = v + ROUNDER, f = v - (k - ROUNDER), t = f * f;
 }
 
 struct Fourier {
     static constexpr bool PLAIN_WHERE_FINITE = false;
     // The backward walks its block's rows H at a time: all B = 8 at once kept x, g, g x and dx of 8 rows live with the
     // sine's and cosine's temporaries, more than the 32 vector registers, and the spills cost a third of its time
-    // (backward at 128x56x56x96 per channel: 24 ms with 8, 17 ms with 4, 16-21 ms with 2).
-    static constexpr int H = 4;
+    // (backward at 128x56x56x96 per channel: 24 ms with 8, 17 ms with 4, 16-21 ms with 2). Within the H rows it reduces
+    // the next term's argument while it evaluates this term's polynomials (see backward_block), and that fits in the
+    // registers with H = 2, not with 4.
+    static constexpr int H = 2;
     static_assert(B % H == 0);
     static constexpr int FORWARD_ROWS = 1 + 3 * K, BACKWARD_ROWS = 1 + 4 * K, SUMS = 1 + 3 * K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = false, STREAM_TALL_BACKWARD = true;
@@ -272,17 +273,33 @@ struct Fourier {
             for (int r = 0; r < B; ++r) y[r] = weight * cos_pi(w * x[r] + phi, poly) + y[r];
         }
     }
+    // Term k's sine and cosine are a chain of about 35 cycles (the argument, its reduction, the polynomials, the
+    // rotation) before the four multiply-adds that use them. Written term after term, the block ran at about two thirds
+    // of the rate this Zen 5's execution units allow for its operations (47.5 cycles a vector, one thread, data in L2).
+    // So the argument of term k + 1 is reduced (j, f, f^2) one step ahead, in the same pass as term k's polynomials:
+    // 40 cycles a vector, and the same operations in the same order for each sum, so the same bits. The walks, 2
+    // threads, two builds alternated in one process: 6.3 M elements shared 2.47 -> 2.31 ms, 4096 x 1536 per channel
+    // 2.85 -> 2.78 ms, 12288 x 3072 17.3 -> 17.0 ms, NHWC's dim 1 16.8 -> 15.8 ms, dim 3 17.8 -> 17.0 ms (with H = 4 it
+    // spilled: 6.3 M 3.6 ms); Fourier-8 at 6.3 M 3.67 -> 3.25 ms, Fourier-3 (near memory's speed) lost 2-4 % in the rows
+    // walks. Done the same way in the forward, the block gained alone (21.6 -> 19.4 cycles) but the walks did not (their
+    // speed there is memory's).
     template <class V> static inline void backward_block(const V *x, const V *g, V *d, const V *a, V *s, const float *poly) {
         for (int r = 0; r < B; ++r) s[0] += g[r];
         for (int h = 0; h < B; h += H) {
-            V gx[H], dh[H];
-            for (int r = 0; r < H; ++r) gx[r] = g[h + r] * x[h + r], dh[r] = V{};
+            V gx[H], dh[H], j[H], f[H], t[H];  // j, f, t: the next term's reduced argument
+            for (int r = 0; r < H; ++r) {
+                gx[r] = g[h + r] * x[h + r], dh[r] = V{};
+                reduce_turns(a[1] * x[h + r] + a[1 + K], j[r], f[r], t[r]);
+            }
             for (int k = 0; k < K; ++k) {
-                const V w = a[1 + k], phi = a[1 + K + k], slope = a[1 + 3 * K + k];
-                V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k];
+                const V slope = a[1 + 3 * K + k];
+                V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k], jk[H], fk[H], tk[H];
+                for (int r = 0; r < H; ++r) jk[r] = j[r], fk[r] = f[r], tk[r] = t[r];
+                if (k + 1 < K)
+                    for (int r = 0; r < H; ++r) reduce_turns(a[2 + k] * x[h + r] + a[2 + K + k], j[r], f[r], t[r]);
                 for (int r = 0; r < H; ++r) {
                     V sin_u, cos_u;
-                    sincos_quarter(w * x[h + r] + phi, poly, sin_u, cos_u);
+                    rotate_quarters(jk[r], fk[r] * horner(tk[r], poly, 3), horner(tk[r], poly + 3, 4), sin_u, cos_u);
                     dh[r] = slope * sin_u + dh[r];
                     s_cos = g[h + r] * cos_u + s_cos;
                     s_sin = g[h + r] * sin_u + s_sin;
