@@ -68,7 +68,8 @@ LAYOUTS = {  # id: (per_channel, channel_dim, shape, the kernels' layout)
     "columns-3-D": (True, -1, (5, 3, 40), "columns"),
     "columns-few-rows": (True, -1, (3, 17), "columns"),  # fewer rows than a tile
     "columns-wide": (True, -1, (21, 2053), "columns"),  # C >= 2048: all forwards, and backwards of few sums, in 8-row tiles
-    "columns-tiles": (True, -1, (1101, 1910), "columns"),  # two tiles a thread (the last short), a tail of 6 channels
+    # two tall tiles a thread (the last short), a tail of 6 channels; the cheap backwards in 8-row tiles (C >= 512)
+    "columns-tiles": (True, -1, (1101, 1910), "columns"),
     "shared": (False, -1, (1000, 37), "shared"),
     "shared-5": (False, -1, (5,), "shared"),  # less than one block: zero padding
     "dim-1-short-rows": (True, 1, (3, 7, 130), "short_rows"),  # walked channel by channel
@@ -143,7 +144,7 @@ STREAMED = {  # outputs of at least the .cpp's STREAM_BYTES (16 MiB), which it w
     "columns-wide": (True, -1, (2048, 2048)),  # tiles of 8 rows across all channels
     "shared": (False, -1, (4, 1 << 20)),
     "rows-unaligned": (True, 1, (40, 5, 21000)),  # every other row starts mid-vector: plain stores there
-    "columns-tall": (True, -1, (4096, 1024)),  # the backward's dx down tall tiles (STREAM_TALL_BACKWARD)
+    "columns-tall": (True, -1, (16384, 256)),  # the backward's dx down tall tiles (STREAM_TALL_BACKWARD; C < 512)
 }
 STREAMED_CASES = [(family, degree, layout) for layout in ("columns-wide", "shared", "rows-unaligned")
                   for family, degree in (("hermite", 3), ("tropical", 5), ("tropical_rational", 6))]

@@ -50,15 +50,23 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 //
 // Even so, a walk down rows 12 KiB apart (C = 3072) reads memory at about half the rate of a sequential one, and the
 // cheap walks are then bound by it. From C = F::FORWARD_PANEL_C (F::BACKWARD_PANEL_C for the backward; Hermite and
-// Tropical only with at most 8 coefficients a channel forward, 12 and 8 backward), tiles are B rows: the walk goes
-// across the B rows, nearly in memory order, and each tile reloads its coefficients and adds its sums through L2.
+// Tropical only with at most 8 coefficients a channel forward; backward Hermite up to 5 from C = 512 and up to 12 from
+// C = 2048, Tropical up to 8 from C = 512), tiles are B rows: the walk goes across the B rows, nearly in memory order,
+// and each tile reloads its coefficients and adds its sums through L2.
 // Tropical-6 on 12288 x 3072: forward 9.8 -> 7.4 ms, backward 15 -> 12 ms; Hermite-4 forward 9.8 ->
 // 8.4 ms; Tropical-rational-7's forward (no sums) 10.2 -> 8.7 ms, 3.4 -> 2.9 ms at 6144 x 2048; Fourier-5's forward
 // 10.1 -> 8.5 ms, 3.4 -> 3.0 ms at 6144 x 2048 (two builds alternated in one process; an earlier one-off measurement
 // had it losing). Backwards with many sums lose (Fourier-5's 19 -> 27-29 ms, Tropical-rational-7's 17 ->
 // 18-21 ms; tall tiles 2 or 4 vectors wide were slower still, and so were tiles of 4 rows for Hermite and Tropical),
 // as do small C (Tropical-6's backward at C = 96: 12 -> 24 ms; Fourier-5's forward at C = 96: 8.3 -> 9.1 ms;
-// Tropical-rational-7's forward at C = 1536: 1.15 -> 1.49 ms) and the backward at C = 1536 (2.1 -> 2.3 ms).
+// Tropical-rational-7's forward at C = 1536: 1.15 -> 1.49 ms). Since the panels prefetch and stream, the cheap
+// backwards gain from C = 512 (session 19, two builds alternated in one process, quiet and slow minutes): Hermite-3 at
+// 4096 x 1536 1.18-1.20 -> 0.90 ms (slow minutes 3.2 -> 1.83), 6144 x 1024 1.94-2.48 -> 1.23-1.68, 12288 x 512 1.99
+// -> 1.70; Hermite-5 at 6144 x 1024 7.45 -> 2.57 ms; Tropical-5 at 4096 x 1536 2.07 -> 1.23, 6144 x 1024 3.1 -> 1.31,
+// 12288 x 512 1.81 -> 1.42; Tropical-3 and -8 likewise. They lose at C = 256 (Tropical-5 1.58 -> 1.67 ms) and at
+// C = 96 (8.0 -> 18.9 ms), as do Hermite-6 and up at C = 1024-1536 (Hermite-8: 3.7 -> 4.5 ms) and Tropical-rational-6
+// (2.06 -> 2.20 ms at C = 1536): more sums a tile to add through L2. (At C = 1024 the tall tiles' rows are 4 KiB apart:
+// all of a tile's lines fall in one L1 set, which its prefetches overflow.)
 // A panel's rows are B streams, which the hardware prefetchers follow; Hermite's panels also prefetch the lines
 // F::PANEL_PREFETCH vectors of channels on in each row (Hermite-3 at 12288 x 3072, quiet host: forward 6.2-6.4 -> 5.1
 // ms, backward 7.0-7.1 -> 6.2 ms; in a slower minute 9.5 -> 9.0 and 11.1 -> 10.3 ms; 6144 x 2048 and 4096 x 1536 the
@@ -192,7 +200,7 @@ struct Hermite {
     static constexpr bool PLAIN_WHERE_FINITE = false;
     static constexpr int FORWARD_ROWS = K, BACKWARD_ROWS = K, SUMS = K;
     static constexpr bool STREAM_FORWARD = false, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = true;
-    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 12 ? 2048 : NO_PANELS;
+    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 5 ? 512 : K <= 12 ? 2048 : NO_PANELS;
     static constexpr bool PREFETCH_NEXT_VECTOR = false;
     static constexpr long ROW_PREFETCH = 0, PANEL_PREFETCH = 4;
     template <class V> static inline void forward_block(const V *x, V *y, const V *a, const float *, bool) {
@@ -402,7 +410,7 @@ struct Tropical : Pieces<1, false> {
     static constexpr bool PLAIN_WHERE_FINITE = true;
     static constexpr int FORWARD_ROWS = K;
     static constexpr bool STREAM_FORWARD = true, STREAM_BACKWARD = true, STREAM_TALL_BACKWARD = false;
-    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 8 ? 2048 : NO_PANELS;
+    static constexpr long FORWARD_PANEL_C = K <= 8 ? 1024 : NO_PANELS, BACKWARD_PANEL_C = K <= 8 ? 512 : NO_PANELS;
     template <class V>
     static inline void forward_block(const V *x, V *y, const V *c, const float *consts, bool rows_finite) {
         V slopes[K];
