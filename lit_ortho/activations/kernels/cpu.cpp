@@ -64,9 +64,10 @@ typedef unsigned vu __attribute__((vector_size(W * 4)));
 // 4096 x 1536 1.18-1.20 -> 0.90 ms (slow minutes 3.2 -> 1.83), 6144 x 1024 1.94-2.48 -> 1.23-1.68, 12288 x 512 1.99
 // -> 1.70; Hermite-5 at 6144 x 1024 7.45 -> 2.57 ms; Tropical-5 at 4096 x 1536 2.07 -> 1.23, 6144 x 1024 3.1 -> 1.31,
 // 12288 x 512 1.81 -> 1.42; Tropical-3 and -8 likewise. They lose at C = 256 (Tropical-5 1.58 -> 1.67 ms) and at
-// C = 96 (8.0 -> 18.9 ms), as do Hermite-6 and up at C = 1024-1536 (Hermite-8: 3.7 -> 4.5 ms) and Tropical-rational-6
-// (2.06 -> 2.20 ms at C = 1536): more sums a tile to add through L2. (At C = 1024 the tall tiles' rows are 4 KiB apart:
-// all of a tile's lines fall in one L1 set, which its prefetches overflow.)
+// C = 96 (8.0 -> 18.9 ms), as do Hermite-6 and up at C = 512-1536 (Hermite-8 at 4096 x 1536: 3.66 -> 4.33 ms) and
+// Tropical-rational-6 (2.06 -> 2.20 ms at C = 1536): more sums a tile to add through L2. (The tall tiles were slowest
+// at C = 1024, rows 4 KiB apart, where all of a tile's lines fall in one L1 set: probably the cause; this VM has no
+// counters to show it.)
 // A panel's rows are B streams, which the hardware prefetchers follow; Hermite's panels also prefetch the lines
 // F::PANEL_PREFETCH vectors of channels on in each row (Hermite-3 at 12288 x 3072, quiet host: forward 6.2-6.4 -> 5.1
 // ms, backward 7.0-7.1 -> 6.2 ms; in a slower minute 9.5 -> 9.0 and 11.1 -> 10.3 ms; 6144 x 2048 and 4096 x 1536 the
