@@ -296,16 +296,16 @@ struct Fourier {
         for (int r = 0; r < B; ++r) s[0] += g[r];
         for (int h = 0; h < B; h += H) {
             V gx[H], dh[H], j[H], f[H], t[H];  // j, f, t: the next term's reduced argument
-            for (int r = 0; r < H; ++r) {
-                gx[r] = g[h + r] * x[h + r], dh[r] = V{};
-                reduce_turns(a[1] * x[h + r] + a[1 + K], j[r], f[r], t[r]);
-            }
+            const auto reduce_term = [&](int k) {  // term k's argument (w_k x + phi_k) reduced, into j, f, t
+                for (int r = 0; r < H; ++r) reduce_turns(a[1 + k] * x[h + r] + a[1 + K + k], j[r], f[r], t[r]);
+            };
+            for (int r = 0; r < H; ++r) gx[r] = g[h + r] * x[h + r], dh[r] = V{};
+            reduce_term(0);
             for (int k = 0; k < K; ++k) {
                 const V slope = a[1 + 3 * K + k];
                 V s_cos = s[1 + 3 * k], s_sin = s[2 + 3 * k], s_xsin = s[3 + 3 * k], jk[H], fk[H], tk[H];
                 for (int r = 0; r < H; ++r) jk[r] = j[r], fk[r] = f[r], tk[r] = t[r];
-                if (k + 1 < K)
-                    for (int r = 0; r < H; ++r) reduce_turns(a[2 + k] * x[h + r] + a[2 + K + k], j[r], f[r], t[r]);
+                if (k + 1 < K) reduce_term(k + 1);
                 for (int r = 0; r < H; ++r) {
                     V sin_u, cos_u;
                     rotate_quarters(jk[r], fk[r] * horner(tk[r], poly, 3), horner(tk[r], poly + 3, 4), sin_u, cos_u);
